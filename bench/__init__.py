@@ -1,0 +1,1 @@
+"""Benchmarks for the SPEC section 8 targets (`make bench`)."""

@@ -1,0 +1,107 @@
+"""The records snapshotd works with: runs, events, snapshots and audit entries.
+
+Timestamps are timezone-aware UTC datetimes. Event payloads travel two ways: as
+decoded values (``Event.data``) for folding, and as stored JSON bytes for `load`,
+which passes them through without decoding (see journals.base.EventPage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+SnapshotKind = Literal["auto", "manual", "safety"]
+SNAPSHOT_KINDS: tuple[SnapshotKind, ...] = ("auto", "manual", "safety")
+
+FORMAT_VERSION = 1
+"""Version of the snapshot encoding (orjson state bytes + sha256 checksum)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    run_id: str
+    workflow: str
+    version: str
+    lease: str | None
+    last_seq: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as an application submits it; the journal assigns seq and time."""
+
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. Custom reducers receive this object (``seq``, ``type``, ``data``)."""
+
+    seq: int
+    type: str
+    data: Any
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Everything about a snapshot except its state."""
+
+    snapshot_id: str
+    run_id: str
+    through_seq: int
+    version: str
+    reducer: str
+    format_version: int
+    size_bytes: int
+    checksum: str
+    kind: SnapshotKind
+    pinned: bool
+    created_at: datetime
+    expires_at: datetime | None
+
+    def order_key(self) -> tuple[int, datetime, str]:
+        """Newest-first ordering of SPEC section 1: by through_seq, then created_at."""
+        return (self.through_seq, self.created_at, self.snapshot_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "run_id": self.run_id,
+            "through_seq": self.through_seq,
+            "version": self.version,
+            "reducer": self.reducer,
+            "format_version": self.format_version,
+            "size_bytes": self.size_bytes,
+            "checksum": self.checksum,
+            "kind": self.kind,
+            "pinned": self.pinned,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A snapshot with its encoded state (orjson bytes, as stored and checksummed)."""
+
+    meta: SnapshotMeta
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    cursor: int
+    at: datetime
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.fields, "cursor": self.cursor, "at": self.at, "kind": self.kind}

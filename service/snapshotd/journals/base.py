@@ -1,0 +1,182 @@
+"""The Journal protocol every adapter implements, and the records it returns.
+
+Every method may raise Unavailable (storage unreachable; retrying may help) and
+Corrupt (the run's stored data is damaged; other runs are unaffected). Methods
+never block the event loop: file I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+"""Marks an optional argument the caller did not give (distinct from None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of stored events as JSON objects, ready to pass through to a client.
+
+    Each item of ``events`` is the UTF-8 JSON of ``{"seq", "type", "data",
+    "recorded_at"}``; ``last_seq`` is the seq of the last one (or ``after_seq``
+    when the page is empty) and ``has_more`` says whether later events exist.
+    """
+
+    events: list[bytes]
+    last_seq: int
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """An opaque document with a version for compare-and-swap updates."""
+
+    body: bytes
+    version: int
+
+
+class Journal(Protocol):
+    """Storage for one instance. Safe for concurrent use by many tasks of one process.
+
+    Per-run operations are serialised inside the adapter where they must be
+    (appends, snapshot writes); reads may run concurrently with writes and see
+    either the state before or after a write, never a torn one.
+    """
+
+    @property
+    def description(self) -> str:
+        """What `status` shows as ``journal`` (a DSN without its password)."""
+        ...
+
+    async def open(self) -> None:
+        """Prepare storage (directories, format check, temp-file cleanup, pool).
+
+        Raises ConfigError-like ``Unavailable``/``Corrupt`` with a clear message when
+        the storage cannot be used (for example a ``format.json`` mismatch).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release everything ``open`` acquired. Safe to call twice."""
+        ...
+
+    # runs -----------------------------------------------------------------
+
+    async def create_run(
+        self, run_id: str, workflow: str, version: str, lease: str | None, now: datetime
+    ) -> bool:
+        """Create a run; False if it exists with the same workflow, Conflict otherwise."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def set_version(self, run_id: str, version: str) -> None:
+        """Move the run to new code. Raises NotFound."""
+        ...
+
+    async def set_lease(
+        self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
+    ) -> None:
+        """Replace the run's lease; with ``expected`` given, Conflict unless it matches."""
+        ...
+
+    async def list_runs(self, after: str | None, limit: int) -> list[str]:
+        """Run ids in ascending order after ``after``, for sweeps and tools."""
+        ...
+
+    # events ---------------------------------------------------------------
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_seq: int | None,
+        lease: str | None,
+        now: datetime,
+    ) -> int:
+        """Append events atomically and durably; returns the new last seq.
+
+        Raises NotFound, StaleLease (checked first: the run has a lease and
+        ``lease`` differs) and Conflict (``expected_seq`` is not the last seq).
+        """
+        ...
+
+    async def read_events(
+        self, run_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Event]:
+        """Decoded events with ``seq > after_seq`` in order, at most ``limit`` of them."""
+        ...
+
+    async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
+        """Like ``read_events`` but as stored JSON, for `load` to pass through."""
+        ...
+
+    # snapshots ------------------------------------------------------------
+
+    async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
+        """Metadata of every stored snapshot of the run, newest first."""
+        ...
+
+    async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        """One snapshot with its payload, unverified. Raises NotFound."""
+        ...
+
+    async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
+        """Persist atomically: a crash leaves either no trace or the whole snapshot.
+
+        Raises Busy when another daemon holds the run, StaleLease when ``lease`` is
+        given and the run's lease differs, Superseded when an auto/manual snapshot
+        of the same version already has ``through_seq`` >= this one, NotFound when
+        the run is gone.
+        """
+        ...
+
+    async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Delete the given snapshots (missing ones are ignored); returns how many went."""
+        ...
+
+    async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
+        """Pin or unpin a snapshot. Raises NotFound."""
+        ...
+
+    async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
+        """Runs with events after their latest snapshot, whose latest snapshot (or,
+        with none, creation) is older than ``cutoff``: candidates for the interval sweep."""
+        ...
+
+    # audit log ------------------------------------------------------------
+
+    async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
+        """Append an audit entry durably; returns its cursor (increasing from 1)."""
+        ...
+
+    async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
+        """Entries with cursor > ``cursor``, oldest first, at most ``limit``."""
+        ...
+
+    # documents ------------------------------------------------------------
+
+    async def get_document(self, namespace: str, key: str) -> Document | None:
+        """A small document (savepoint state) stored beside the runs."""
+        ...
+
+    async def put_document(
+        self, namespace: str, key: str, body: bytes, expected_version: int | None
+    ) -> int:
+        """Write atomically if the stored version is ``expected_version`` (None: absent).
+
+        Returns the new version; raises Conflict when another writer got there first.
+        """
+        ...

@@ -1,0 +1,194 @@
+"""The ``memory:`` journal: everything in dicts, for tests and throwaway instances.
+
+It honours the whole Journal contract (leases, optimistic concurrency, snapshot
+ordering) so the contract suite and the runtime tests can run without storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from snapshotd.domain.errors import Conflict, NotFound, StaleLease, Superseded
+from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.domain.policies import newest_first
+from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.journals.records import event_json
+
+
+@dataclass
+class _RunState:
+    run: Run
+    events: list[Event] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+
+class MemoryJournal:
+    """In-process journal; contents vanish with the process."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _RunState] = {}
+        self._audit: list[AuditEntry] = []
+        self._documents: dict[tuple[str, str], Document] = {}
+
+    @property
+    def description(self) -> str:
+        return "memory:"
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _state(self, run_id: str) -> _RunState:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise NotFound(f"run {run_id!r} not found") from None
+
+    async def create_run(
+        self, run_id: str, workflow: str, version: str, lease: str | None, now: datetime
+    ) -> bool:
+        existing = self._runs.get(run_id)
+        if existing is not None:
+            if existing.run.workflow != workflow:
+                raise Conflict(f"run {run_id!r} exists with workflow {existing.run.workflow!r}")
+            return False
+        self._runs[run_id] = _RunState(Run(run_id, workflow, version, lease, 0, now))
+        return True
+
+    async def get_run(self, run_id: str) -> Run | None:
+        state = self._runs.get(run_id)
+        return None if state is None else state.run
+
+    async def set_version(self, run_id: str, version: str) -> None:
+        state = self._state(run_id)
+        state.run = replace(state.run, version=version)
+
+    async def set_lease(
+        self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
+    ) -> None:
+        state = self._state(run_id)
+        if not isinstance(expected, _Unset) and expected != state.run.lease:
+            raise Conflict(f"run {run_id!r} has another lease than expected")
+        state.run = replace(state.run, lease=lease)
+
+    async def list_runs(self, after: str | None, limit: int) -> list[str]:
+        ids = sorted(r for r in self._runs if after is None or r > after)
+        return ids[:limit]
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_seq: int | None,
+        lease: str | None,
+        now: datetime,
+    ) -> int:
+        state = self._state(run_id)
+        run = state.run
+        if run.lease is not None and lease != run.lease:
+            raise StaleLease(f"run {run_id!r} is leased to another owner")
+        if expected_seq is not None and expected_seq != run.last_seq:
+            raise Conflict(f"run {run_id!r} is at seq {run.last_seq}, not {expected_seq}")
+        seq = run.last_seq
+        for new in events:
+            seq += 1
+            state.events.append(Event(seq, new.type, new.data, now))
+            state.raw.append(event_json(seq, new.type, new.data, now))
+        state.run = replace(run, last_seq=seq)
+        return seq
+
+    async def read_events(
+        self, run_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Event]:
+        events = self._state(run_id).events
+        end = None if limit is None else after_seq + limit
+        return events[max(after_seq, 0) : end]
+
+    async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
+        state = self._state(run_id)
+        start = max(after_seq, 0)
+        page = state.raw[start : start + limit]
+        last = start + len(page) if page else after_seq
+        return EventPage(page, last, last < state.run.last_seq)
+
+    async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
+        return newest_first(s.meta for s in self._state(run_id).snapshots.values())
+
+    async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        try:
+            return self._state(run_id).snapshots[snapshot_id]
+        except KeyError:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
+
+    async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
+        meta = snapshot.meta
+        state = self._state(meta.run_id)
+        if lease is not None and lease != state.run.lease:
+            raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+        if meta.kind != "safety":
+            for other in state.snapshots.values():
+                if (
+                    other.meta.kind != "safety"
+                    and other.meta.version == meta.version
+                    and other.meta.through_seq >= meta.through_seq
+                ):
+                    raise Superseded(
+                        f"run {meta.run_id!r} already has a snapshot through seq "
+                        f"{other.meta.through_seq}"
+                    )
+        state.snapshots[meta.snapshot_id] = snapshot
+
+    async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        snaps = self._state(run_id).snapshots
+        return sum(snaps.pop(sid, None) is not None for sid in snapshot_ids)
+
+    async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
+        snap = await self.read_snapshot(run_id, snapshot_id)
+        self._runs[run_id].snapshots[snapshot_id] = replace(
+            snap, meta=replace(snap.meta, pinned=pinned)
+        )
+
+    async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
+        due: list[str] = []
+        for run_id, state in sorted(self._runs.items()):
+            latest = max(
+                (s.meta for s in state.snapshots.values() if s.meta.version == state.run.version),
+                key=SnapshotMeta.order_key,
+                default=None,
+            )
+            through = 0 if latest is None else latest.through_seq
+            since = state.run.created_at if latest is None else latest.created_at
+            if state.run.last_seq > through and since < cutoff:
+                due.append(run_id)
+                if len(due) >= limit:
+                    break
+        return due
+
+    async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
+        cursor = len(self._audit) + 1
+        self._audit.append(AuditEntry(cursor, now, kind, dict(fields)))
+        return cursor
+
+    async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
+        return self._audit[max(cursor, 0) : max(cursor, 0) + limit]
+
+    async def get_document(self, namespace: str, key: str) -> Document | None:
+        return self._documents.get((namespace, key))
+
+    async def put_document(
+        self, namespace: str, key: str, body: bytes, expected_version: int | None
+    ) -> int:
+        current = self._documents.get((namespace, key))
+        current_version = None if current is None else current.version
+        if current_version != expected_version:
+            raise Conflict(f"document {namespace}/{key} changed concurrently")
+        version = 1 if current_version is None else current_version + 1
+        self._documents[(namespace, key)] = Document(bytes(body), version)
+        return version

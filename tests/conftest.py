@@ -1,0 +1,133 @@
+"""Shared fixtures: the anyio backend and a real PostgreSQL for the session.
+
+Async tests run on anyio's pytest plugin (``@pytest.mark.anyio``): its fixtures
+may hold task groups across ``yield``, which pytest-asyncio does not support
+well (pytest-asyncio stays installed in strict mode, so it never claims a test).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGPORT", "5432"))
+PG_USER = os.environ.get("PGUSER", "postgres")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def _server_answers(host: str, port: int) -> bool:
+    if shutil.which("psql") is None:
+        return False
+    probe = _psql(f"postgresql://{PG_USER}@{host}:{port}/postgres", "select 1")
+    return probe.returncode == 0
+
+
+def _bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    return None
+
+
+def _private_cluster(stack: list[str]) -> tuple[str, int] | None:
+    """initdb + pg_ctl as the postgres user (PostgreSQL refuses to run as root)."""
+    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        return None
+    datadir = tempfile.mkdtemp(prefix="snapshotd-pg-")
+    port = 55432 + secrets.randbelow(1000)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(datadir, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*prefix, initdb, "-D", datadir, "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *prefix,
+            pg_ctl,
+            "-D",
+            datadir,
+            "-w",
+            "-o",
+            f"-p {port} -k {datadir} -h 127.0.0.1",
+            "-l",
+            f"{datadir}/log",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    stack.extend([*prefix, pg_ctl, "-D", datadir, "-m", "immediate", "stop"])
+    return "127.0.0.1", port
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of a PostgreSQL server: the local one, else a private throwaway cluster."""
+    stop: list[str] = []
+    if _server_answers(PG_HOST, PG_PORT):
+        host, port = PG_HOST, PG_PORT
+    else:
+        started = _private_cluster(stop)
+        if started is None:
+            message = (
+                f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} and no initdb/pg_ctl "
+                "was found to start a private cluster"
+            )
+            if os.environ.get("CI") == "true":
+                pytest.fail(message + " (CI=true: PostgreSQL tests must not be skipped)")
+            print(f"\n!!! SKIPPING PostgreSQL tests: {message} !!!\n")
+            pytest.skip(message)
+        host, port = started
+    try:
+        yield f"postgresql://{PG_USER}@{host}:{port}"
+    finally:
+        if stop:
+            subprocess.run(stop, check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    name = f"snapshotd_test_{os.getpid()}_{secrets.token_hex(4)}"
+    result = _psql(f"{pg_server}/postgres", f'create database "{name}"')
+    assert result.returncode == 0, result.stderr
+    try:
+        yield f"{pg_server}/{name}"
+    finally:
+        for _ in range(3):
+            done = _psql(f"{pg_server}/postgres", f'drop database if exists "{name}" with (force)')
+            if done.returncode == 0:
+                break
+            time.sleep(0.5)
