@@ -7,10 +7,13 @@ never block the event loop: file I/O runs in worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
+
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
 
@@ -178,5 +181,30 @@ class Journal(Protocol):
         """Write atomically if the stored version is ``expected_version`` (None: absent).
 
         Returns the new version; raises Conflict when another writer got there first.
+        """
+        ...
+
+
+@runtime_checkable
+class WatchesAppends(Protocol):
+    """A journal whose appends can come from outside the daemon (PostgreSQL NOTIFY).
+
+    The runtime runs ``watch_appends`` in the instance's task group when the
+    journal has it, turning each appended run into a coalesced snapshot check.
+    """
+
+    async def watch_appends(
+        self,
+        on_append: Callable[[str], None],
+        on_gap: Callable[[], None],
+        *,
+        task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_append(run_id)`` for every notified append until cancelled.
+
+        Calls ``task_status.started()`` once listening. After a lost connection it
+        reconnects with backoff, listens again, then calls ``on_gap()`` so the
+        runtime sweeps for what it may have missed. Never raises except on
+        cancellation.
         """
         ...
