@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quick clean
+.PHONY: install run test lint lint-deploy bench bench-quick clean
 
 install: $(STAMP)
 
@@ -25,10 +25,21 @@ lint: install
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
-bench: install
+# The Dockerfile, manifests, compose file and unit, checked offline (tests/test_deploy.py).
+lint-deploy: install
+	$(BIN)/python -m pytest -q tests/test_deploy.py
+
+# The bench extra (eventsourcing, psycopg, matplotlib) is only needed here.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
-bench-quick: install
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:

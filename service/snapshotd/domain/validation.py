@@ -100,10 +100,14 @@ def json_value(value: Any, field: str = "data") -> bool:
         if isinstance(item, str):
             if "\x00" in item:
                 raise BadRequest(f"{field} contains a string with NUL")
+            if not item.isascii():
+                _check_unicode(item, field)
         elif isinstance(item, dict):
             for key, sub in item.items():
                 if "\x00" in key:
                     raise BadRequest(f"{field} contains a key with NUL")
+                if not key.isascii():
+                    _check_unicode(key, field)
                 stack.append(sub)
         elif isinstance(item, list):
             stack.extend(item)

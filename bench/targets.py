@@ -1,0 +1,113 @@
+"""The SPEC section 8 targets and their evaluation against measured figures."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import Figure
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``figure`` (a key of the figures) must satisfy ``op threshold`` at its median."""
+
+    title: str
+    figure: str
+    op: str
+    threshold: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    target: Target
+    measured: Figure | None
+
+    @property
+    def outcome(self) -> str:
+        if self.measured is None:
+            return "NOT RUN"
+        passed = _OPS[self.target.op](self.measured.median, self.target.threshold)
+        return "PASS" if passed else "FAIL"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.target.title,
+            "figure": self.target.figure,
+            "target": f"{self.target.op} {self.target.threshold:g} {self.target.unit}".strip(),
+            "measured": None if self.measured is None else self.measured.to_json(),
+            "outcome": self.outcome,
+        }
+
+
+def spec_targets(largest: int, low: int, journals: tuple[str, ...]) -> list[Target]:
+    """The targets for a run whose largest run has ``largest`` events (100,000 in a
+    full run) and whose small snapshot-cost run has ``low`` (1,000)."""
+    names = {"fs": "fs", "pg": "PostgreSQL"}
+    targets: list[Target] = []
+    for journal in journals:
+        name = names[journal]
+        targets += [
+            Target(
+                f"load {largest:,} events: snapshot vs full replay ({name})",
+                f"load.{journal}.{largest}.ratio",
+                ">=",
+                50,
+                "x",
+            ),
+            Target(
+                f"full replay rate through load, {largest:,} events ({name})",
+                f"load.{journal}.{largest}.replay_rate",
+                ">=",
+                300_000,
+                "events/s",
+            ),
+            Target(
+                f"snapshot cost 100 events past ~{largest:,} / past ~{low:,} ({name})",
+                f"snapshot.{journal}.ratio",
+                "<=",
+                1.5,
+                "x",
+            ),
+        ]
+    targets += [
+        Target(
+            f"snapshot at {largest:,}: eventsourcing take_snapshot time / ours (PostgreSQL)",
+            "compare.snapshot",
+            ">=",
+            100,
+            "x",
+        ),
+        Target(
+            f"load {largest:,} with snapshot: eventsourcing time / ours (PostgreSQL)",
+            "compare.load_snapshot",
+            ">=",
+            1,
+            "x",
+        ),
+        Target(
+            f"load {largest:,} without snapshot: eventsourcing time / ours (PostgreSQL)",
+            "compare.load_full",
+            ">=",
+            1,
+            "x",
+        ),
+        Target("fire-and-forget snapshot requests, one connection", "ff.one", ">=", 300_000, "/s"),
+        Target("request->reply p99 at 10,000 requests/s", "latency.p99", "<", 1, "ms"),
+        Target("peak RSS through the flood", "flood.rss_peak", "<", 100, "MB"),
+        Target("queued attempts completing during the flood", "flood.attempts", ">=", 1000, "/s"),
+    ]
+    return targets
+
+
+def evaluate(targets: list[Target], figures: dict[str, Figure]) -> list[Verdict]:
+    return [Verdict(t, figures.get(t.figure)) for t in targets]

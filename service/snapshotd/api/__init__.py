@@ -1,0 +1,1 @@
+"""The unix socket API: protocol codec, op handlers, server and client library."""

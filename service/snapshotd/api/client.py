@@ -1,0 +1,269 @@
+"""Client library for the snapshotd socket: ``Client`` (blocking) and ``AsyncClient`` (anyio).
+
+Both keep one connection open and reuse it. ``call`` sends a request with an id
+and returns its ``result`` (raising ClientError for an error response); ``send``
+is fire-and-forget: requests are buffered and written in batches (pipelined), so
+an application can report thousands of snapshot hints per second cheaply.
+Responses arrive in request order, so a call reads lines until its own id.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import SocketStream
+
+from snapshotd.api import codec
+
+SEND_BUFFER_BYTES = 64 * 1024
+_RECEIVE_BYTES = 256 * 1024
+
+
+class ClientError(Exception):
+    """The daemon answered with an error; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class _Lines:
+    """Splits received bytes into response lines."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_line(self) -> bytes | None:
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
+
+
+def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
+    """(done, result) for one response line while waiting for ``request_id``."""
+    if response.get("id") == request_id:
+        if response["ok"]:
+            return True, response.get("result")
+    elif response.get("id") is not None or response["ok"]:
+        return False, None  # an answer to some earlier request: not ours
+    # Our error, or an id-less one (too_large, bad_request) about our frame.
+    error = response.get("error") or {}
+    raise ClientError(str(error.get("code", "internal")), str(error.get("message", "")))
+
+
+class Client:
+    """Blocking client. Not thread-safe: use one per thread.
+
+    ``path`` is the daemon's socket; ``timeout`` bounds each socket operation
+    (``socket.timeout`` is raised past it). A broken connection raises
+    ConnectionError; the next call reconnects (a call is never retried, since an
+    append might have been applied).
+    """
+
+    def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._lines = _Lines()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._next_id = 0
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+            self._lines = _Lines()
+        return self._sock
+
+    def _broken(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _write(self, data: bytes) -> None:
+        sock = self._connect()
+        try:
+            sock.sendall(data)
+        except OSError:
+            self._broken()
+            raise
+
+    def flush(self) -> None:
+        """Write buffered fire-and-forget requests."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._write(data)
+
+    def send(self, op: str, **fields: Any) -> None:
+        """Queue a fire-and-forget request (no id, no response); written in batches."""
+        line = codec.encode_request(op, None, **fields)
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= SEND_BUFFER_BYTES:
+            self.flush()
+
+    def call(self, op: str, **fields: Any) -> Any:
+        """Send a request and wait for its result; ClientError for an error response."""
+        self._next_id += 1
+        request_id = self._next_id
+        self._pending.append(codec.encode_request(op, request_id, **fields))
+        self.flush()
+        sock = self._connect()
+        while True:
+            line = self._lines.next_line()
+            if line is None:
+                try:
+                    data = sock.recv(_RECEIVE_BYTES)
+                except OSError:
+                    self._broken()
+                    raise
+                if not data:
+                    self._broken()
+                    raise ConnectionError("snapshotd closed the connection")
+                self._lines.feed(data)
+                continue
+            try:
+                done, result = _outcome(codec.decode_response(line), request_id)
+            except ClientError as exc:
+                if exc.code == "too_large":
+                    self._broken()  # the daemon closes the connection after too_large
+                raise
+            if done:
+                return result
+
+    def close(self) -> None:
+        """Flush pending requests (best effort) and close the connection."""
+        try:
+            self.flush()
+        except OSError:
+            pass
+        finally:
+            self._broken()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The anyio counterpart of ``Client`` (same semantics; one task at a time)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stream: SocketStream | None = None
+        self._lines = _Lines()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._next_id = 0
+
+    async def _connect(self) -> SocketStream:
+        if self._stream is None:
+            self._stream = await anyio.connect_unix(self.path)
+            self._lines = _Lines()
+        return self._stream
+
+    async def _broken(self) -> None:
+        stream, self._stream = self._stream, None
+        self._pending.clear()
+        self._pending_bytes = 0
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _write(self, data: bytes) -> None:
+        stream = await self._connect()
+        try:
+            await stream.send(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            await self._broken()
+            raise ConnectionError(f"snapshotd connection lost: {exc!r}") from exc
+
+    async def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            await self._write(data)
+
+    async def send(self, op: str, **fields: Any) -> None:
+        line = codec.encode_request(op, None, **fields)
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= SEND_BUFFER_BYTES:
+            await self.flush()
+
+    async def call(self, op: str, **fields: Any) -> Any:
+        self._next_id += 1
+        request_id = self._next_id
+        self._pending.append(codec.encode_request(op, request_id, **fields))
+        await self.flush()
+        stream = await self._connect()
+        while True:
+            line = self._lines.next_line()
+            if line is None:
+                try:
+                    data = await stream.receive(_RECEIVE_BYTES)
+                except (
+                    anyio.EndOfStream,
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                ) as exc:
+                    await self._broken()
+                    raise ConnectionError("snapshotd closed the connection") from exc
+                self._lines.feed(data)
+                continue
+            try:
+                done, result = _outcome(codec.decode_response(line), request_id)
+            except ClientError as exc:
+                if exc.code == "too_large":
+                    await self._broken()
+                raise
+            if done:
+                return result
+
+    async def aclose(self) -> None:
+        try:
+            await self.flush()
+        except ConnectionError:
+            pass
+        finally:
+            await self._broken()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

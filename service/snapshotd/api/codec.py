@@ -1,0 +1,123 @@
+"""The NDJSON protocol codec of SPEC section 2: bytes in, request dicts out, and back.
+
+Pure functions with no I/O, so framing rules are tested without sockets. A
+request stays the plain dict orjson produced (the hot path creates no other
+object); ``parse`` only guarantees ``op`` is a string, ``id`` is a string, int or
+None and ``instance`` is a string (default ``"default"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from snapshotd.domain import validation
+from snapshotd.domain.errors import BadRequest
+
+RequestId = str | int | None
+
+_ENCODE_OPTS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+# Fields the codec itself interprets; every other top-level field may carry a
+# payload the journal stores, so its JSON values are checked here, once.
+_ENVELOPE = frozenset(("op", "id", "instance"))
+
+# Ops whose fields are all identifiers and flags checked by the op itself: the
+# payload walk is skipped for them (``snapshot`` is the fire-and-forget hot path).
+_NO_PAYLOAD = frozenset(("snapshot", "ping", "status"))
+
+
+class FrameError(BadRequest):
+    """A line that cannot be handled as a request.
+
+    ``request_id`` is the id that could be read; ``answer`` is False only for a
+    readable object without an id (fire-and-forget: no response is sent).
+    """
+
+    def __init__(self, message: str, request_id: RequestId = None, *, answer: bool = True) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.answer = answer
+
+
+def parse(line: bytes) -> dict[str, Any]:
+    """Decode one line (without its newline) into a request dict.
+
+    Raises FrameError (code ``bad_request``) for anything that is not a valid
+    request object: invalid JSON or UTF-8, not an object, a bad ``id``, ``op`` or
+    ``instance``, or a payload the journal could not store exactly (integers
+    outside signed 64 bits, strings with NUL).
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise FrameError("a request must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and (type(request_id) is not str and type(request_id) is not int):
+        raise FrameError("id must be a string, an integer or null")
+    answer = request_id is not None
+    op = obj.get("op")
+    if type(op) is not str:
+        raise FrameError("op must be a string", request_id, answer=answer)
+    instance = obj.get("instance")
+    if instance is None:
+        obj["instance"] = "default"
+    elif type(instance) is not str:
+        raise FrameError("instance must be a string", request_id, answer=answer)
+    if op not in _NO_PAYLOAD:
+        try:
+            _check_payload(obj, line)
+        except BadRequest as exc:
+            raise FrameError(exc.message, request_id, answer=answer) from None
+    return obj
+
+
+def _check_payload(obj: dict[str, Any], line: bytes) -> None:
+    suspicious: list[str] = []
+    for key, value in obj.items():
+        if key in _ENVELOPE:
+            continue
+        if key == "events" and type(value) is list:
+            # Only ``data`` is stored as given; the op checks the other event fields.
+            for index, event in enumerate(value):
+                if type(event) is dict and validation.json_value(
+                    event.get("data"), f"events[{index}].data"
+                ):
+                    suspicious.append(f"events[{index}].data")
+        elif validation.json_value(value, key):
+            suspicious.append(key)
+    if suspicious:
+        # orjson turned an out-of-range integer literal into a float somewhere:
+        # re-read the raw text with exact integers and reject, never alter.
+        validation.exact_integers(line, suspicious[0] if len(suspicious) == 1 else "request")
+
+
+def encode_result(request_id: RequestId, result: Any) -> bytes:
+    """A success line; ``result`` may hold ``orjson.Fragment``s (stored JSON passed through)."""
+    return orjson.dumps({"id": request_id, "ok": True, "result": result}, option=_ENCODE_OPTS)
+
+
+def encode_error(request_id: RequestId, code: str, message: str) -> bytes:
+    return orjson.dumps(
+        {"id": request_id, "ok": False, "error": {"code": code, "message": message}},
+        option=_ENCODE_OPTS,
+    )
+
+
+def encode_request(op: str, request_id: RequestId = None, **fields: Any) -> bytes:
+    """A request line for clients; without ``request_id`` it is fire-and-forget."""
+    body: dict[str, Any] = {"op": op, **fields}
+    if request_id is not None:
+        body["id"] = request_id
+    return orjson.dumps(body, option=_ENCODE_OPTS)
+
+
+def decode_response(line: bytes) -> dict[str, Any]:
+    """A response line as a dict; ValueError when it is not a response object."""
+    obj = orjson.loads(line)
+    if type(obj) is not dict or "ok" not in obj:
+        raise ValueError(f"not a snapshotd response: {line[:200]!r}")
+    return obj

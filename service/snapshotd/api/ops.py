@@ -1,0 +1,258 @@
+"""The op handlers of SPEC section 2: validate fields, call the daemon, shape the result.
+
+``OPS`` maps every op name to an async handler; ``SYNC_OPS`` holds the ops that
+never await (``snapshot`` is the fire-and-forget hot path), which the server
+calls inline without a task switch. Handlers raise ``SnapshotdError``s; the
+server turns them into error responses. Unknown request fields are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from snapshotd.api.savepoint_ops import SAVEPOINT_OPS
+from snapshotd.domain import validation
+from snapshotd.domain.errors import BadRequest, UnknownOp
+from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
+from snapshotd.journals.base import UNSET, _Unset
+
+if TYPE_CHECKING:
+    from snapshotd.runtime import Daemon, Instance
+
+Request = dict[str, Any]
+Result = dict[str, Any]
+Handler = Callable[["Daemon", Request], Awaitable[Result]]
+SyncHandler = Callable[["Daemon", Request], Result]
+
+MAX_EVENTS = 10_000
+LOAD_LIMIT_DEFAULT, LOAD_LIMIT_MAX = 10_000, 100_000
+AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 1_000
+
+
+def _run(req: Request) -> str:
+    value = req.get("run")
+    # Fast accept for the common printable-ASCII id; anything else gets the full check.
+    if type(value) is str and 0 < len(value) <= 200 and value.isascii() and value.isprintable():
+        return value
+    return validation.run_id(value, "run")
+
+
+def _instance(daemon: Daemon, req: Request) -> Instance:
+    return daemon.instance(req["instance"])
+
+
+def _optional_int(req: Request, field: str, default: int, lo: int, hi: int | None = None) -> int:
+    value = req.get(field)
+    if value is None:
+        return default
+    return validation.integer(value, field, minimum=lo, maximum=hi)
+
+
+def _optional_bool(req: Request, field: str) -> bool:
+    value = req.get(field)
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise BadRequest(f"{field} must be a boolean")
+    return value
+
+
+def _snapshot_id(req: Request) -> str:
+    return validation.name(req.get("snapshot_id"), "snapshot_id")
+
+
+# sync ops ----------------------------------------------------------------------
+
+
+def ping(daemon: Daemon, req: Request) -> Result:
+    return {"pong": True}
+
+
+def snapshot(daemon: Daemon, req: Request) -> Result:
+    # The fire-and-forget hot path: _run and _instance inlined.
+    try:
+        instance = daemon.instances[req["instance"]]
+    except KeyError:
+        instance = daemon.instance(req["instance"])
+    run_id = req.get("run")
+    if not (
+        type(run_id) is str and 0 < len(run_id) <= 200 and run_id.isascii() and run_id.isprintable()
+    ):
+        run_id = validation.run_id(run_id, "run")
+    lease = req.get("lease")
+    if lease is not None:
+        validation.lease(lease)
+    return {"status": instance.request_snapshot(run_id, lease)}
+
+
+def status(daemon: Daemon, req: Request) -> Result:
+    return daemon.status()
+
+
+# async ops ---------------------------------------------------------------------
+
+
+async def create_run(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    workflow = validation.name(req.get("workflow"), "workflow")
+    version = validation.name(req.get("version"), "version")
+    lease = validation.optional_lease(req.get("lease"))
+    created = await instance.journal.create_run(run_id, workflow, version, lease, utcnow())
+    return {"created": created}
+
+
+async def set_version(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    version = validation.name(req.get("version"), "version")
+    await instance.journal.set_version(run_id, version)
+    return {}
+
+
+async def set_lease(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    if "lease" not in req:
+        raise BadRequest("lease is required (a token, or null to clear)")
+    lease = validation.optional_lease(req["lease"])
+    expected: str | _Unset | None = UNSET
+    if "expected" in req:
+        expected = validation.optional_lease(req["expected"], "expected")
+    await instance.journal.set_lease(run_id, lease, expected)
+    return {}
+
+
+def _events(value: object) -> list[NewEvent]:
+    if type(value) is not list:
+        raise BadRequest("events must be a list")
+    if not 1 <= len(value) <= MAX_EVENTS:
+        raise BadRequest(f"events must hold 1-{MAX_EVENTS} events")
+    events: list[NewEvent] = []
+    append = events.append
+    for index, item in enumerate(value):
+        if type(item) is not dict:
+            raise BadRequest(f"events[{index}] must be an object with type and data")
+        if "data" not in item:
+            raise BadRequest(f"events[{index}].data is required")
+        type_ = item.get("type")
+        if not (type(type_) is str and 0 < len(type_) <= 128 and type_.isprintable()):
+            type_ = validation.name(type_, f"events[{index}].type")
+        # data was checked by the codec (int64 range, no NUL) against the raw line.
+        append(NewEvent(type_, item["data"]))
+    return events
+
+
+async def append(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    events = _events(req.get("events"))
+    expected = req.get("expected_seq")
+    if expected is not None:
+        validation.integer(expected, "expected_seq", minimum=0)
+    lease = validation.optional_lease(req.get("lease"))
+    last_seq = await instance.journal.append(
+        run_id, events, expected_seq=expected, lease=lease, now=utcnow()
+    )
+    return {"last_seq": last_seq}
+
+
+async def snapshot_now(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    lease = validation.optional_lease(req.get("lease"))
+    force = _optional_bool(req, "force")
+    kind: SnapshotKind = "manual"
+    given = req.get("kind")
+    if given == "safety":
+        kind = "safety"
+    elif given is not None and given != "manual":
+        raise BadRequest('kind must be "manual" or "safety"')
+    return await instance.snapshot_now(run_id, lease=lease, force=force, kind=kind)
+
+
+async def load(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    after = req.get("after_seq")
+    if after is not None:
+        validation.integer(after, "after_seq", minimum=0)
+    limit = _optional_int(req, "limit", LOAD_LIMIT_DEFAULT, 1, LOAD_LIMIT_MAX)
+    return await instance.load(run_id, after_seq=after, limit=limit)
+
+
+async def list_snapshots(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    metas = await instance.journal.list_snapshots(run_id)
+    return {"snapshots": [meta.to_json() for meta in metas]}
+
+
+async def _set_pinned(daemon: Daemon, req: Request, pinned: bool) -> Result:
+    instance = _instance(daemon, req)
+    run_id = _run(req)
+    snapshot_id = _snapshot_id(req)
+    await instance.journal.set_pinned(run_id, snapshot_id, pinned)
+    await instance.record_audit(
+        "snapshot_pinned" if pinned else "snapshot_unpinned",
+        run_id=run_id,
+        snapshot_id=snapshot_id,
+    )
+    return {}
+
+
+async def pin(daemon: Daemon, req: Request) -> Result:
+    return await _set_pinned(daemon, req, True)
+
+
+async def unpin(daemon: Daemon, req: Request) -> Result:
+    return await _set_pinned(daemon, req, False)
+
+
+async def verify(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    return await instance.verify(_run(req))
+
+
+async def audit(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    cursor = _optional_int(req, "cursor", 0, 0)
+    limit = _optional_int(req, "limit", AUDIT_LIMIT_DEFAULT, 1, AUDIT_LIMIT_MAX)
+    return await instance.audit(cursor, limit)
+
+
+# registry ----------------------------------------------------------------------
+
+SYNC_OPS: dict[str, SyncHandler] = {"ping": ping, "snapshot": snapshot, "status": status}
+
+
+def _as_async(handler: SyncHandler) -> Handler:
+    async def run(daemon: Daemon, req: Request) -> Result:
+        return handler(daemon, req)
+
+    return run
+
+
+OPS: dict[str, Handler] = {name: _as_async(handler) for name, handler in SYNC_OPS.items()}
+OPS.update(
+    create_run=create_run,
+    set_version=set_version,
+    set_lease=set_lease,
+    append=append,
+    snapshot_now=snapshot_now,
+    load=load,
+    list_snapshots=list_snapshots,
+    pin=pin,
+    unpin=unpin,
+    verify=verify,
+    audit=audit,
+)
+OPS.update(SAVEPOINT_OPS)  # SPEC section 7
+
+
+def handler_for(op: str) -> Handler:
+    try:
+        return OPS[op]
+    except KeyError:
+        raise UnknownOp(f"unknown op {op[:100]!r}") from None

@@ -1,0 +1,311 @@
+"""Blocking file primitives of the ``fs:`` journal: atomic writes and numbered JSONL logs.
+
+Everything here blocks and is called from worker threads by ``journals.fs``. OSError
+propagates unchanged (the adapter translates it once); damaged data raises Corrupt
+with a message naming the file and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from typing import Any
+
+import orjson
+
+from snapshotd.domain.errors import Corrupt
+
+TEMP_PREFIX = ".tmp-"
+"""Every temporary file or directory starts with this; start-up removes them."""
+
+_CHUNK = 1 << 20
+_TAIL_CHUNK = 1 << 16
+_MAX_MARKS = 64
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(directory: str) -> str:
+    return os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+
+
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite until everything is written (a regular file may accept less per call)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def atomic_write(directory: str, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
+
+    A crash at any point leaves either the old file or the new one, plus at most
+    a temp file that start-up removes.
+    """
+    tmp = temp_path(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            write_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def _rfind_newline(fd: int, before: int) -> int:
+    """Offset of the last ``\\n`` strictly before ``before``, or -1."""
+    pos = before
+    while pos > 0:
+        start = max(0, pos - _TAIL_CHUNK)
+        chunk = os.pread(fd, pos - start, start)
+        found = chunk.rfind(b"\n")
+        if found >= 0:
+            return start + found
+        pos = start
+    return -1
+
+
+def _count_newlines(fd: int, end: int) -> int:
+    count = 0
+    pos = 0
+    while pos < end:
+        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        pos += len(chunk)
+    return count
+
+
+class JsonlLog:
+    """An append-only file of JSON objects, one per line, numbered 1, 2, 3 ... by ``key``.
+
+    Line N holds the record whose ``key`` is N, so a position is found by counting
+    newlines (memchr speed) and only the lines returned are parsed. ``tip`` is
+    ``(last number, byte offset just past its newline)``: bytes beyond it are a torn
+    last line (or the remains of a failed write) that readers ignore and the next
+    append cuts off. Appends must be serialised by the caller; reads may run
+    concurrently with an append and see the tip they were given.
+    """
+
+    def __init__(self, path: str, key: str) -> None:
+        self.path = path
+        self.key = key
+        self.tip: tuple[int, int] = (0, 0)
+        self._dirty = False
+        self._marks: dict[int, int] = {}
+        self._marks_lock = threading.Lock()
+
+    # loading ----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Find the tip from the end of the file without reading the rest of it.
+
+        The last line is torn when it lacks its newline or does not parse; a torn
+        line is dropped. A bad line before it is damage, reported as Corrupt.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.tip, self._dirty = (0, 0), False
+            return
+        try:
+            size = os.fstat(fd).st_size
+            end = _rfind_newline(fd, size) + 1
+            torn = end < size
+            number = self._last_number(fd, end)
+            if number is None and not torn:
+                end = _rfind_newline(fd, end - 1) + 1
+                torn = True
+                number = self._last_number(fd, end)
+            if number is None:
+                raise self._corrupt_at(fd, end, "not a valid record")
+            if end > 0:
+                start = _rfind_newline(fd, end - 1) + 1
+                previous = self._last_number(fd, start)
+                if previous is None:
+                    raise self._corrupt_at(fd, start, "not a valid record")
+                if number != previous + 1:
+                    raise self._corrupt_at(fd, end, f"expected {self.key} {previous + 1}")
+        finally:
+            os.close(fd)
+        self.tip = (number, end)
+        self._dirty = torn
+        with self._marks_lock:
+            self._marks.clear()
+
+    def _last_number(self, fd: int, end: int) -> int | None:
+        """Number of the complete line ending at ``end`` (0 for an empty file), None if bad."""
+        if end == 0:
+            return 0
+        start = _rfind_newline(fd, end - 1) + 1
+        try:
+            record = orjson.loads(os.pread(fd, end - 1 - start, start))
+        except orjson.JSONDecodeError:
+            return None
+        number = record.get(self.key) if isinstance(record, dict) else None
+        return number if type(number) is int and number > 0 else None
+
+    def _corrupt_at(self, fd: int, end: int, why: str) -> Corrupt:
+        """Corrupt naming the line that ends at ``end`` (counts newlines: error path only)."""
+        line = _count_newlines(fd, end)
+        return Corrupt(f"{self.path}: line {line}: {why}")
+
+    # appending --------------------------------------------------------------
+
+    def append(self, payload: bytes, count: int) -> int:
+        """Write ``count`` complete lines at the tip with one write and one fsync.
+
+        On failure the file is cut back to the tip (best effort) so no partial
+        batch can surface later; the next append cuts again if that failed too.
+        """
+        last, end = self.tip
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                if self._dirty:
+                    os.ftruncate(fd, end)
+                write_all(fd, payload, end)
+                os.fsync(fd)
+            except BaseException:
+                self._dirty = True
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
+                raise
+        finally:
+            os.close(fd)
+        self._dirty = False
+        self.tip = (last + count, end + len(payload))
+        self._mark(last, end)
+        return last + count
+
+    # reading ----------------------------------------------------------------
+
+    def read(
+        self, after: int, limit: int, tip: tuple[int, int]
+    ) -> tuple[list[bytes], list[dict[str, Any]]]:
+        """Lines numbered ``after+1 ..`` (at most ``limit``, up to ``tip``) and their objects.
+
+        Each line is returned as stored (without its newline) and also parsed, so
+        damage is caught: a line that does not parse or carries the wrong number
+        raises Corrupt naming the line.
+        """
+        last, end = tip
+        after = max(after, 0)
+        if after >= last or limit <= 0:
+            return [], []
+        want = min(limit, last - after)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            start = self._locate(fd, after, tip)
+            raws = self._collect(fd, start, end, want, after)
+        finally:
+            os.close(fd)
+        objects = self._validate(raws, after + 1)
+        self._mark(after + len(raws), start + sum(map(len, raws)) + len(raws))
+        return raws, objects
+
+    def _locate(self, fd: int, after: int, tip: tuple[int, int]) -> int:
+        """Byte offset where line ``after+1`` starts, from the nearest known position."""
+        last, end = tip
+        with self._marks_lock:
+            base = max((n for n in self._marks if n <= after), default=0)
+            base_offset = self._marks.get(base, 0)
+        if last - after < after - base:
+            return self._offset_from_end(fd, end, last - after)
+        return self._skip_lines(fd, base_offset, after - base, end)
+
+    def _offset_from_end(self, fd: int, end: int, lines: int) -> int:
+        """Start of the last ``lines`` lines before ``end``, scanning backwards in chunks."""
+        remaining = lines + 1
+        pos = end
+        size = _TAIL_CHUNK
+        while pos > 0:
+            start = max(0, pos - size)
+            chunk = os.pread(fd, pos - start, start)
+            found = chunk.count(b"\n")
+            if found >= remaining:
+                idx = len(chunk)
+                for _ in range(remaining):
+                    idx = chunk.rfind(b"\n", 0, idx)
+                return start + idx + 1
+            remaining -= found
+            pos = start
+            size = min(size * 2, _CHUNK)
+        raise Corrupt(f"{self.path}: fewer lines than records")
+
+    def _skip_lines(self, fd: int, offset: int, lines: int, end: int) -> int:
+        while lines > 0:
+            chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
+            if not chunk:
+                raise Corrupt(f"{self.path}: fewer lines than records")
+            found = chunk.count(b"\n")
+            if found < lines:
+                lines -= found
+                offset += len(chunk)
+                continue
+            pos = -1
+            for _ in range(lines):
+                pos = chunk.find(b"\n", pos + 1)
+            return offset + pos + 1
+        return offset
+
+    def _collect(self, fd: int, offset: int, end: int, want: int, after: int) -> list[bytes]:
+        raws: list[bytes] = []
+        pending = b""
+        chunk_size = min(_CHUNK, max(_TAIL_CHUNK, want * 256))
+        while len(raws) < want and offset < end:
+            chunk = os.pread(fd, min(chunk_size, end - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            raws.extend(lines[: want - len(raws)])
+        if len(raws) < want:
+            raise Corrupt(f"{self.path}: line {after + len(raws) + 1}: missing or truncated")
+        return raws
+
+    def _validate(self, raws: list[bytes], first: int) -> list[dict[str, Any]]:
+        key = self.key
+        objects: list[dict[str, Any]] = []
+        append = objects.append
+        expected = first
+        loads = orjson.loads
+        for raw in raws:
+            try:
+                record = loads(raw)
+            except orjson.JSONDecodeError:
+                raise Corrupt(f"{self.path}: line {expected}: not valid JSON") from None
+            if type(record) is not dict or record.get(key) != expected:
+                raise Corrupt(f"{self.path}: line {expected}: expected {key} {expected}")
+            append(record)
+            expected += 1
+        return objects
+
+    def _mark(self, number: int, offset: int) -> None:
+        """Remember where line ``number+1`` starts (a small FIFO of recent positions)."""
+        if number <= 0:
+            return
+        with self._marks_lock:
+            self._marks[number] = offset
+            if len(self._marks) > _MAX_MARKS:
+                del self._marks[next(iter(self._marks))]

@@ -1,0 +1,577 @@
+"""The ``postgresql://`` journal: asyncpg pool, the migrations' schema, LISTEN/NOTIFY.
+
+Driver errors are translated once, here (``_wrap_errors``): the SQLSTATEs that
+``append_encoded_events`` raises become NotFound/StaleLease/Conflict, everything
+else from asyncpg or the network becomes Unavailable. The pool replaces dead
+connections by itself, so the journal works again once the database is back.
+
+Events are stored as the bytes ``load`` serves (see migrations/0001_initial.sql
+for why bytea); decoding for compaction joins a page into one JSON array and
+decodes it with a single orjson call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import asyncpg
+import orjson
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from snapshotd.domain.errors import (
+    Busy,
+    Conflict,
+    Corrupt,
+    NotFound,
+    SnapshotdError,
+    StaleLease,
+    Superseded,
+    Unavailable,
+)
+from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.journals.migrate import (
+    MigrationError,
+    PgTarget,
+    applied_migrations,
+    check_known,
+    load_migrations,
+    migrate_target,
+    parse_dsn,
+)
+from snapshotd.journals.records import dumps
+
+if TYPE_CHECKING:
+    from snapshotd.journals.migrate import Conn
+
+_APP_NAME = "snapshotd"
+_LISTEN_APP_NAME = "snapshotd-listen"
+
+# SQLSTATEs raised by the migrations' append function.
+_SQLSTATE_ERRORS: dict[str, type[SnapshotdError]] = {
+    "SD404": NotFound,
+    "SD409": Conflict,
+    "SD423": StaleLease,
+}
+
+
+@contextmanager
+def _wrap_errors(where: str) -> Iterator[None]:
+    """The adapter edge: asyncpg and network errors in, snapshotd errors out.
+
+    ``where`` names the journal (without password) and the operation.
+    """
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        mapped = _SQLSTATE_ERRORS.get(exc.sqlstate)
+        if mapped is not None:
+            raise mapped(str(exc)) from None
+        raise Unavailable(f"{where}: SQLSTATE {exc.sqlstate}: {exc}") from None
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise Unavailable(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+class _Queries:
+    """Every statement of the adapter, with the validated, quoted schema filled in."""
+
+    def __init__(self, s: str) -> None:
+        run_cols = "run_id, workflow, version, lease, last_seq, created_at"
+        meta_cols = (
+            "snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes, "
+            "checksum, kind, pinned, created_at, expires_at"
+        )
+        self.create_run = (
+            f"INSERT INTO {s}.runs (run_id, workflow, version, lease, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING RETURNING true"
+        )
+        self.run_workflow = f"SELECT workflow FROM {s}.runs WHERE run_id = $1"
+        self.get_run = f"SELECT {run_cols} FROM {s}.runs WHERE run_id = $1"
+        self.run_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = $1)"
+        self.set_version = f"UPDATE {s}.runs SET version = $2 WHERE run_id = $1 RETURNING true"
+        self.set_lease = (
+            f"UPDATE {s}.runs SET lease = $2 WHERE run_id = $1 "
+            "AND ($3 OR lease IS NOT DISTINCT FROM $4) RETURNING true"
+        )
+        self.list_runs = (
+            f"SELECT run_id FROM {s}.runs WHERE run_id > coalesce($1, '') ORDER BY run_id LIMIT $2"
+        )
+        self.append = f"SELECT {s}.append_encoded_events($1, $2, $3, $4, $5, $6)"
+        self.event_bodies = (
+            f"SELECT body FROM {s}.events WHERE run_id = $1 AND seq > $2 "
+            "ORDER BY seq LIMIT $3::bigint"
+        )
+        self.list_snapshots = (
+            f"SELECT {meta_cols} FROM {s}.snapshots WHERE run_id = $1 "
+            "ORDER BY through_seq DESC, created_at DESC, snapshot_id DESC"
+        )
+        self.read_snapshot = (
+            f"SELECT {meta_cols}, payload FROM {s}.snapshots WHERE run_id = $1 AND snapshot_id = $2"
+        )
+        self.try_run_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
+        self.run_lease = f"SELECT lease FROM {s}.runs WHERE run_id = $1"
+        self.latest_progress = (
+            f"SELECT max(through_seq) FROM {s}.snapshots "
+            "WHERE run_id = $1 AND version = $2 AND kind IN ('auto', 'manual')"
+        )
+        self.insert_snapshot = (
+            f"INSERT INTO {s}.snapshots ({meta_cols}, payload) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        )
+        self.delete_snapshots = (
+            f"DELETE FROM {s}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])"
+        )
+        self.set_pinned = (
+            f"UPDATE {s}.snapshots SET pinned = $3 WHERE run_id = $1 AND snapshot_id = $2 "
+            "RETURNING true"
+        )
+        # Latest snapshot of the run's current version (any kind), as the memory journal.
+        self.due_runs = (
+            f"SELECT r.run_id FROM {s}.runs r "
+            "LEFT JOIN LATERAL ("
+            f"  SELECT sn.through_seq, sn.created_at FROM {s}.snapshots sn "
+            "  WHERE sn.run_id = r.run_id AND sn.version = r.version "
+            "  ORDER BY sn.through_seq DESC, sn.created_at DESC LIMIT 1"
+            ") latest ON true "
+            "WHERE r.last_seq > coalesce(latest.through_seq, 0) "
+            "AND coalesce(latest.created_at, r.created_at) < $1 "
+            "ORDER BY r.run_id LIMIT $2"
+        )
+        self.lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+        self.append_audit = (
+            f"INSERT INTO {s}.audit (at, kind, fields) VALUES ($1, $2, $3::jsonb) RETURNING cursor"
+        )
+        self.read_audit = (
+            f"SELECT cursor, at, kind, fields::text FROM {s}.audit WHERE cursor > $1 "
+            "ORDER BY cursor LIMIT $2"
+        )
+        self.get_document = (
+            f"SELECT body, version FROM {s}.documents WHERE namespace = $1 AND key = $2"
+        )
+        self.insert_document = (
+            f"INSERT INTO {s}.documents (namespace, key, version, body) VALUES ($1, $2, 1, $3) "
+            "ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
+        )
+        self.update_document = (
+            f"UPDATE {s}.documents SET body = $3, version = version + 1, updated_at = now() "
+            "WHERE namespace = $1 AND key = $2 AND version = $4 RETURNING version"
+        )
+
+
+def _meta(row: asyncpg.Record) -> SnapshotMeta:
+    return SnapshotMeta(
+        snapshot_id=row["snapshot_id"],
+        run_id=row["run_id"],
+        through_seq=row["through_seq"],
+        version=row["version"],
+        reducer=row["reducer"],
+        format_version=row["format_version"],
+        size_bytes=row["size_bytes"],
+        checksum=row["checksum"],
+        kind=row["kind"],
+        pinned=row["pinned"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _event(obj: Any) -> Event:
+    return Event(obj["seq"], obj["type"], obj["data"], datetime.fromisoformat(obj["recorded_at"]))
+
+
+_DECODE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError)
+
+
+def _decode_events(run_id: str, bodies: list[bytes], after_seq: int) -> list[Event]:
+    """One orjson call for the whole page; on failure find the damaged row for the message."""
+    try:
+        objs = orjson.loads(b"[" + b",".join(bodies) + b"]")
+        if len(objs) == len(bodies):
+            fromiso = datetime.fromisoformat
+            return [Event(o["seq"], o["type"], o["data"], fromiso(o["recorded_at"])) for o in objs]
+    except _DECODE_ERRORS:
+        pass
+    for offset, body in enumerate(bodies, start=1):
+        try:
+            _event(orjson.loads(body))
+        except _DECODE_ERRORS as exc:
+            raise Corrupt(
+                f"events row (run_id={run_id!r}, seq={after_seq + offset}) does not decode: {exc}"
+            ) from None
+    raise Corrupt(f"events of run {run_id!r} after seq {after_seq} do not decode as events")
+
+
+class PostgresJournal:
+    """Journal on PostgreSQL; several daemons may share one database and schema."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_max_size: int = 10,
+        command_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        keepalive_s: float = 15.0,
+        backoff_s: tuple[float, float] = (0.2, 10.0),
+    ) -> None:
+        self._target: PgTarget = parse_dsn(url)
+        self._q = _Queries(self._target.quoted_schema)
+        self._pool_max_size = pool_max_size
+        self._command_timeout_s = command_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._keepalive_s = keepalive_s
+        self._backoff_s = backoff_s
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def description(self) -> str:
+        return self._target.description
+
+    @property
+    def schema(self) -> str:
+        return self._target.schema
+
+    async def open(self) -> None:
+        """Create the pool; migrate a fresh schema, refuse one that is behind or unknown.
+
+        A schema that is behind is left for ``snapshotd migrate``, so that a rolling
+        deploy never changes a schema under daemons of the older version.
+        """
+        if self._pool is not None:
+            return
+        known = load_migrations()
+        with self._errors("open"):
+            pool = await asyncpg.create_pool(
+                self._target.dsn,
+                min_size=1,
+                max_size=self._pool_max_size,
+                timeout=self._connect_timeout_s,
+                command_timeout=self._command_timeout_s,
+                server_settings={"application_name": _APP_NAME},
+            )
+        try:
+            with self._errors("open"):
+                async with pool.acquire() as conn:
+                    applied = await applied_migrations(conn, self._target)
+            if not applied:
+                await migrate_target(self._target)
+            else:
+                pending = check_known(applied, known, self._target)
+                if pending:
+                    raise MigrationError(
+                        f"schema {self._target.schema!r} of {self.description} needs migrations "
+                        f"{', '.join(m.name for m in pending)}: run `snapshotd migrate --dsn ...`"
+                    )
+        except BaseException:
+            with anyio.move_on_after(5, shield=True):
+                await pool.close()
+            raise
+        self._pool = pool
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with anyio.move_on_after(5, shield=True) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return _wrap_errors(f"postgresql journal {self.description}: {what}")
+
+    @property
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise Unavailable(f"postgresql journal {self.description} is not open")
+        return self._pool
+
+    # runs -----------------------------------------------------------------
+
+    async def create_run(
+        self, run_id: str, workflow: str, version: str, lease: str | None, now: datetime
+    ) -> bool:
+        with self._errors("create_run"):
+            async with self._p.acquire() as conn:
+                if await conn.fetchval(self._q.create_run, run_id, workflow, version, lease, now):
+                    return True
+                existing = await conn.fetchval(self._q.run_workflow, run_id)
+        if existing is None:
+            raise Conflict(f"run {run_id!r} was created and removed concurrently")
+        if existing != workflow:
+            raise Conflict(f"run {run_id!r} exists with workflow {existing!r}")
+        return False
+
+    async def get_run(self, run_id: str) -> Run | None:
+        with self._errors("get_run"):
+            row = await self._p.fetchrow(self._q.get_run, run_id)
+        if row is None:
+            return None
+        return Run(
+            row["run_id"],
+            row["workflow"],
+            row["version"],
+            row["lease"],
+            row["last_seq"],
+            row["created_at"],
+        )
+
+    async def _require_run(self, conn: Conn, run_id: str) -> None:
+        if not await conn.fetchval(self._q.run_exists, run_id):
+            raise NotFound(f"run {run_id!r} not found")
+
+    async def set_version(self, run_id: str, version: str) -> None:
+        with self._errors("set_version"):
+            done = await self._p.fetchval(self._q.set_version, run_id, version)
+        if not done:
+            raise NotFound(f"run {run_id!r} not found")
+
+    async def set_lease(
+        self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
+    ) -> None:
+        unchecked = isinstance(expected, _Unset)
+        wanted = None if isinstance(expected, _Unset) else expected
+        with self._errors("set_lease"):
+            async with self._p.acquire() as conn:
+                if await conn.fetchval(self._q.set_lease, run_id, lease, unchecked, wanted):
+                    return
+                await self._require_run(conn, run_id)
+        raise Conflict(f"run {run_id!r} has another lease than expected")
+
+    async def list_runs(self, after: str | None, limit: int) -> list[str]:
+        with self._errors("list_runs"):
+            rows = await self._p.fetch(self._q.list_runs, after, limit)
+        return [row[0] for row in rows]
+
+    # events ---------------------------------------------------------------
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_seq: int | None,
+        lease: str | None,
+        now: datetime,
+    ) -> int:
+        types = [e.type for e in events]
+        data = [orjson.dumps(e.data).decode() for e in events]
+        with self._errors("append"):
+            last: int = await self._p.fetchval(
+                self._q.append, run_id, expected_seq, lease, types, data, now
+            )
+        return last
+
+    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes]:
+        with self._errors("read events"):
+            async with self._p.acquire() as conn:
+                rows = await conn.fetch(self._q.event_bodies, run_id, after_seq, limit)
+                if not rows:
+                    await self._require_run(conn, run_id)
+        return [row[0] for row in rows]
+
+    async def read_events(
+        self, run_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Event]:
+        bodies = await self._bodies(run_id, after_seq, limit)
+        return _decode_events(run_id, bodies, max(after_seq, 0))
+
+    async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
+        bodies = await self._bodies(run_id, after_seq, limit + 1)
+        has_more = len(bodies) > limit
+        if has_more:
+            del bodies[limit:]
+        last = max(after_seq, 0) + len(bodies) if bodies else after_seq
+        return EventPage(bodies, last, has_more)
+
+    # snapshots ------------------------------------------------------------
+
+    async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
+        with self._errors("list_snapshots"):
+            async with self._p.acquire() as conn:
+                rows = await conn.fetch(self._q.list_snapshots, run_id)
+                if not rows:
+                    await self._require_run(conn, run_id)
+        return [_meta(row) for row in rows]
+
+    async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        with self._errors("read_snapshot"):
+            row = await self._p.fetchrow(self._q.read_snapshot, run_id, snapshot_id)
+        if row is None:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return Snapshot(_meta(row), row["payload"])
+
+    async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
+        """One transaction holding the run's advisory xact lock (key in docs/postgres.md)."""
+        m = snapshot.meta
+        with self._errors("write_snapshot"):
+            async with self._p.acquire() as conn, conn.transaction():
+                key = self._target.lock_key(f"run:{m.run_id}")
+                if not await conn.fetchval(self._q.try_run_lock, key):
+                    raise Busy(f"run {m.run_id!r} is being snapshotted by another daemon")
+                lease_row = await conn.fetchrow(self._q.run_lease, m.run_id)
+                if lease_row is None:
+                    raise NotFound(f"run {m.run_id!r} not found")
+                if lease is not None and lease != lease_row["lease"]:
+                    raise StaleLease(f"run {m.run_id!r} is leased to another owner")
+                if m.kind != "safety":
+                    latest = await conn.fetchval(self._q.latest_progress, m.run_id, m.version)
+                    if latest is not None and latest >= m.through_seq:
+                        raise Superseded(
+                            f"run {m.run_id!r} already has a snapshot through seq {latest}"
+                        )
+                try:
+                    await conn.execute(
+                        self._q.insert_snapshot,
+                        m.snapshot_id,
+                        m.run_id,
+                        m.through_seq,
+                        m.version,
+                        m.reducer,
+                        m.format_version,
+                        m.size_bytes,
+                        m.checksum,
+                        m.kind,
+                        m.pinned,
+                        m.created_at,
+                        m.expires_at,
+                        snapshot.payload,
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise Superseded(
+                        f"run {m.run_id!r}: snapshot {m.snapshot_id} or its through_seq "
+                        f"{m.through_seq} is already stored"
+                    ) from None
+
+    async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        with self._errors("delete_snapshots"):
+            status = await self._p.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+        return int(status.rpartition(" ")[2])
+
+    async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
+        with self._errors("set_pinned"):
+            done = await self._p.fetchval(self._q.set_pinned, run_id, snapshot_id, pinned)
+        if not done:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+
+    async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
+        with self._errors("due_runs"):
+            rows = await self._p.fetch(self._q.due_runs, cutoff, limit)
+        return [row[0] for row in rows]
+
+    # audit log ------------------------------------------------------------
+
+    async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
+        """Serialised by an advisory xact lock so cursors become visible in order."""
+        with self._errors("append_audit"):
+            async with self._p.acquire() as conn, conn.transaction():
+                await conn.execute(self._q.lock, self._target.lock_key("audit"))
+                cursor: int = await conn.fetchval(
+                    self._q.append_audit, now, kind, dumps(fields).decode()
+                )
+        return cursor
+
+    async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
+        with self._errors("read_audit"):
+            rows = await self._p.fetch(self._q.read_audit, cursor, limit)
+        return [AuditEntry(row[0], row[1], row[2], orjson.loads(row[3])) for row in rows]
+
+    # documents ------------------------------------------------------------
+
+    async def get_document(self, namespace: str, key: str) -> Document | None:
+        with self._errors("get_document"):
+            row = await self._p.fetchrow(self._q.get_document, namespace, key)
+        return None if row is None else Document(row["body"], row["version"])
+
+    async def put_document(
+        self, namespace: str, key: str, body: bytes, expected_version: int | None
+    ) -> int:
+        with self._errors("put_document"):
+            if expected_version is None:
+                version = await self._p.fetchval(self._q.insert_document, namespace, key, body)
+            else:
+                version = await self._p.fetchval(
+                    self._q.update_document, namespace, key, body, expected_version
+                )
+        if version is None:
+            raise Conflict(f"document {namespace}/{key} changed concurrently")
+        return int(version)
+
+    # LISTEN/NOTIFY ----------------------------------------------------------
+
+    async def watch_appends(
+        self,
+        on_append: Callable[[str], None],
+        on_gap: Callable[[], None],
+        *,
+        task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
+    ) -> None:
+        """LISTEN on a dedicated connection (a pooled one would lose it on release).
+
+        ``task_status.started()`` comes once listening, or after a first failed
+        attempt, so a database that is down never blocks the caller's start-up;
+        every later successful LISTEN is followed by ``on_gap()``. A ``SELECT 1``
+        every ``keepalive_s`` notices a connection that died silently.
+        """
+        started = False
+        listened = False
+
+        def listening() -> None:
+            nonlocal started, listened
+            listened = True
+            if started:
+                on_gap()
+            else:
+                started = True
+                task_status.started()
+
+        delay = self._backoff_s[0]
+        while True:
+            listened = False
+            with suppress(Unavailable):
+                await self._listen_once(on_append, listening)
+            if not started:
+                started = True
+                task_status.started()
+            if listened:
+                delay = self._backoff_s[0]
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self._backoff_s[1])
+
+    async def _listen_once(
+        self, on_append: Callable[[str], None], listening: Callable[[], None]
+    ) -> None:
+        """Listen until the connection is lost; raises Unavailable when it cannot start."""
+        lost = anyio.Event()
+        with self._errors("listen"):
+            conn = await asyncpg.connect(
+                self._target.dsn,
+                timeout=self._connect_timeout_s,
+                server_settings={"application_name": _LISTEN_APP_NAME},
+            )
+        try:
+            with self._errors("listen"):
+                conn.add_termination_listener(lambda _conn: lost.set())
+                await conn.add_listener(
+                    self._target.channel, lambda _conn, _pid, _chan, payload: on_append(payload)
+                )
+            listening()
+            with self._errors("listen keepalive"):
+                while not lost.is_set():
+                    with anyio.move_on_after(self._keepalive_s):
+                        await lost.wait()
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1", timeout=self._connect_timeout_s)
+        finally:
+            with anyio.move_on_after(2, shield=True) as scope:
+                try:
+                    await conn.close()
+                except (asyncpg.InterfaceError, OSError):
+                    conn.terminate()
+            if scope.cancelled_caught:
+                conn.terminate()

@@ -1,0 +1,140 @@
+"""Per-instance tasks: the snapshotter actor under its supervisor, the sweep, the watcher.
+
+The actor takes one Job at a time from the instance's mailbox. Attempts never raise
+(see ``runtime.attempt``), so a crash of the loop itself is a bug; the supervisor
+then restarts it with capped exponential backoff, counting the restart, and the
+instance keeps taking requests meanwhile (the bounded mailbox absorbs them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import anyio
+import structlog
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from snapshotd.domain.errors import SnapshotdError
+from snapshotd.domain.model import utcnow
+from snapshotd.journals.base import WatchesAppends
+from snapshotd.runtime.instance import Instance
+from snapshotd.runtime.mailbox import MailboxClosed
+
+_log = structlog.get_logger("snapshotd.actor")
+
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
+HEALTHY_AFTER_S = 30.0
+"""A loop that ran this long before crashing restarts with the initial delay again."""
+
+SWEEP_MAX_PERIOD_S = 60.0
+
+
+async def run_instance(
+    instance: Instance, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``instance`` until its intake is stopped and the attempt in flight ends."""
+    async with anyio.create_task_group() as tg:
+        helpers = anyio.CancelScope()
+        tg.start_soon(_helpers, instance, helpers)
+        task_status.started()
+        await supervise(instance, "actor", actor_loop)
+        helpers.cancel()
+
+
+async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
+    with scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervise, instance, "sweep", sweep_loop)
+            journal = instance.journal
+            if isinstance(journal, WatchesAppends):
+
+                async def watch(instance: Instance) -> None:
+                    await journal.watch_appends(instance.trigger, instance.request_sweep)
+
+                tg.start_soon(supervise, instance, "watcher", watch)
+
+
+async def supervise(
+    instance: Instance,
+    task: str,
+    body: Callable[[Instance], Awaitable[None]],
+    *,
+    initial_s: float = BACKOFF_INITIAL_S,
+    max_s: float = BACKOFF_MAX_S,
+) -> None:
+    """Run ``body`` until it returns, restarting it with capped backoff after a crash.
+
+    ``task`` names it in logs and the audit log (``actor``, ``sweep``, ``watcher``);
+    every restart counts in the instance's ``restarts``.
+    """
+    delay = initial_s
+    while True:
+        started = anyio.current_time()
+        try:
+            await body(instance)
+            return
+        except Exception as exc:  # noqa: BLE001 -- a crashed loop is a bug; restarting keeps the instance serving
+            error = f"{type(exc).__name__}: {exc}"
+            instance.task_crashed(task)
+            _log.error(
+                "actor_restarted",
+                instance=instance.name,
+                task=task,
+                restarts=instance.restarts,
+                delay_s=delay,
+                error=error,
+                exc_info=exc,
+            )
+            await instance.record_audit(
+                "actor_restarted", task=task, restarts=instance.restarts, error=error
+            )
+        if anyio.current_time() - started >= HEALTHY_AFTER_S:
+            delay = initial_s
+        with anyio.move_on_after(delay):
+            await instance.mailbox.wait_closed()
+        if instance.mailbox.closed:
+            return
+        delay = min(delay * 2, max_s)
+
+
+async def actor_loop(instance: Instance) -> None:
+    """Take Jobs one at a time until the mailbox closes."""
+    while True:
+        try:
+            job = await instance.mailbox.get()
+        except MailboxClosed:
+            return
+        instance.in_flight = job
+        await instance.handle(job)
+        instance.in_flight = None
+
+
+async def sweep_loop(instance: Instance) -> None:
+    """Every ``min(60, interval)`` seconds (and on request after a notification gap),
+    queue the runs the journal says are due as internal checks."""
+    interval = instance.sweep_interval_s()
+    period = None if interval is None else min(SWEEP_MAX_PERIOD_S, interval)
+    gap = False
+    while True:
+        await sweep_once(instance, interval, gap=gap)
+        gap = await instance.wait_sweep_request(period if period is not None else math.inf)
+
+
+async def sweep_once(instance: Instance, interval: float | None, *, gap: bool) -> int:
+    """Queue due runs; after a gap every run with unsnapshotted events is checked."""
+    if interval is None and not gap:
+        return 0
+    now = utcnow()
+    cutoff = now if gap or interval is None else now - timedelta(seconds=interval)
+    try:
+        due = await instance.journal.due_runs(cutoff, instance.mailbox.capacity)
+    except (SnapshotdError, OSError) as exc:
+        _log.warning("sweep_failed", instance=instance.name, error=f"{type(exc).__name__}: {exc}")
+        return 0
+    for run_id in due:
+        instance.trigger(run_id)
+    return len(due)

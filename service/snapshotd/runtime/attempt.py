@@ -1,0 +1,220 @@
+"""One snapshot attempt: pure orchestration over a Journal, ending in an Outcome.
+
+Order (SPEC section 1 skip precedence): run -> lease -> policy -> base -> decide ->
+tail -> compact -> size cap -> write -> retention -> done. Every failure becomes a
+skip reason here, in one place, so the actor calling this never dies from an attempt.
+
+The policy is first decided on metadata alone (newest compatible snapshot not known
+to be damaged): most requests end as ``below_threshold`` and must stay cheap, so
+the base snapshot is read and verified only once a snapshot is actually due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import structlog
+
+from snapshotd.domain import compaction
+from snapshotd.domain.errors import (
+    Busy,
+    Corrupt,
+    NotFound,
+    ReducerError,
+    SnapshotdError,
+    StaleLease,
+    Superseded,
+    Unavailable,
+)
+from snapshotd.domain.model import Run, SnapshotKind, SnapshotMeta, utcnow
+from snapshotd.domain.policies import Policy, SkipReason, decide, fits, prune
+from snapshotd.domain.reducers import Reducer
+from snapshotd.journals.base import Journal
+from snapshotd.runtime.recovery import (
+    CorruptionReporter,
+    compatible,
+    drop_known_corrupt,
+    newest_valid,
+)
+from snapshotd.telemetry.instruments import InstanceTelemetry
+
+_log = structlog.get_logger("snapshotd.attempt")
+
+
+class AttemptContext(Protocol):
+    """What an attempt needs from its instance."""
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def telemetry(self) -> InstanceTelemetry: ...
+
+    @property
+    def reporter(self) -> CorruptionReporter: ...
+
+    def policy_for(self, workflow: str) -> Policy: ...
+
+    def reducer_for(self, workflow: str) -> Reducer: ...
+
+    async def record_audit(self, kind: str, **fields: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended: ``reason`` None means a snapshot was taken (``meta``)."""
+
+    reason: SkipReason | None
+    meta: SnapshotMeta | None = None
+    events_folded: int = 0
+    lag: int | None = None
+    through_seq: int | None = None
+    error: BaseException | None = None
+
+    @property
+    def taken(self) -> bool:
+        return self.reason is None
+
+    def result(self) -> dict[str, Any]:
+        """The ``snapshot_now`` result of SPEC section 2."""
+        if self.meta is None:
+            return {"status": "skipped", "reason": self.reason}
+        return {
+            "status": "taken",
+            "snapshot_id": self.meta.snapshot_id,
+            "through_seq": self.meta.through_seq,
+            "size_bytes": self.meta.size_bytes,
+        }
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What is known so far, kept when a later step fails."""
+
+    lag: int | None = None
+    through_seq: int | None = None
+
+
+async def attempt(
+    ctx: AttemptContext,
+    run_id: str,
+    *,
+    lease: str | None,
+    force: bool,
+    kind: SnapshotKind,
+) -> Outcome:
+    """Try to snapshot ``run_id``; never raises except on cancellation.
+
+    ``lease``: the requester's lease (None: not checked). ``kind="safety"`` implies
+    ``force`` and records a snapshot even when no event follows the base.
+    """
+    progress = _Progress()
+    try:
+        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, progress)
+    except (Unavailable, Corrupt, OSError) as exc:
+        return _failed("journal_error", exc, progress)
+    except ReducerError as exc:
+        return _failed("reducer_error", exc, progress)
+    except Busy as exc:
+        return _failed("busy", exc, progress)
+    except StaleLease as exc:
+        return _failed("stale_lease", exc, progress)
+    except Superseded:
+        return _failed("no_events", None, progress)
+    except NotFound:
+        return _failed("no_run", None, progress)
+    except Exception as exc:  # noqa: BLE001 -- the one catch-all: any bug in an attempt becomes skip reason `internal`, so the actor keeps serving
+        return _failed("internal", exc, progress)
+
+
+def _failed(reason: SkipReason, error: BaseException | None, progress: _Progress) -> Outcome:
+    return Outcome(reason, lag=progress.lag, through_seq=progress.through_seq, error=error)
+
+
+async def _attempt(
+    ctx: AttemptContext,
+    run_id: str,
+    lease: str | None,
+    force: bool,
+    kind: SnapshotKind,
+    progress: _Progress,
+) -> Outcome:
+    journal = ctx.journal
+    now = utcnow()
+    run = await journal.get_run(run_id)
+    if run is None:
+        return Outcome("no_run")
+    if lease is not None and run.lease is not None and lease != run.lease:
+        return Outcome("stale_lease")
+    policy = ctx.policy_for(run.workflow)
+
+    candidates = drop_known_corrupt(
+        run_id, compatible(run, await journal.list_snapshots(run_id)), ctx.reporter
+    )
+    newest = candidates[0] if candidates else None
+    progress.lag = run.last_seq - (newest.through_seq if newest else 0)
+    if not force:
+        reason = _decide(policy, run, newest, now, force=False)
+        if reason is not None:
+            return Outcome(reason, lag=progress.lag)
+
+    base = await newest_valid(journal, run, candidates, ctx.reporter)
+    base_meta = None if base is None else base.meta
+    if (base_meta and base_meta.snapshot_id) != (newest and newest.snapshot_id):
+        progress.lag = run.last_seq - (base_meta.through_seq if base_meta else 0)
+    reason = _decide(policy, run, base_meta, now, force=force)
+    if reason is not None and not (reason == "no_events" and kind == "safety"):
+        return Outcome(reason, lag=progress.lag)
+
+    base_seq = 0 if base_meta is None else base_meta.through_seq
+    tail = await journal.read_events(run_id, base_seq)
+    if not tail and kind != "safety":
+        return Outcome("no_events", lag=progress.lag)
+    compacted = compaction.compact(
+        run_id=run_id,
+        version=run.version,
+        reducer_name=policy.reducer,
+        reducer=ctx.reducer_for(run.workflow),
+        base=base,
+        tail=tail,
+        kind=kind,
+        now=now,
+        safety_ttl_s=policy.safety_ttl_s,
+    )
+    meta = compacted.snapshot.meta
+    progress.through_seq = meta.through_seq
+    if not fits(policy, meta.size_bytes):
+        return Outcome("too_large", lag=progress.lag, through_seq=meta.through_seq)
+    await journal.write_snapshot(compacted.snapshot, lease=lease)
+    await _retain(ctx, run, policy, now)
+    return Outcome(None, meta, compacted.events_folded, progress.lag, meta.through_seq)
+
+
+def _decide(
+    policy: Policy, run: Run, base: SnapshotMeta | None, now: datetime, *, force: bool
+) -> SkipReason | None:
+    return decide(
+        policy,
+        tail_count=run.last_seq - (base.through_seq if base else 0),
+        last_snapshot_at=base.created_at if base else run.created_at,
+        now=now,
+        force=force,
+    )
+
+
+async def _retain(ctx: AttemptContext, run: Run, policy: Policy, now: datetime) -> None:
+    """Apply retention after a write; a failure here does not undo the snapshot taken."""
+    try:
+        metas = await ctx.journal.list_snapshots(run.run_id)
+        doomed = prune(metas, current_version=run.version, keep=policy.keep_snapshots, now=now)
+        if not doomed:
+            return
+        ids = [m.snapshot_id for m in doomed]
+        deleted = await ctx.journal.delete_snapshots(run.run_id, ids)
+    except (SnapshotdError, OSError) as exc:
+        _log.warning("prune_failed", run_id=run.run_id, error=f"{type(exc).__name__}: {exc}")
+        return
+    ctx.telemetry.pruned(deleted)
+    await ctx.record_audit("snapshot_pruned", run_id=run.run_id, snapshot_ids=ids)

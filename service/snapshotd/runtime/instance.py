@@ -1,0 +1,393 @@
+"""The ``Instance`` facade: one journal + policies, its mailbox, counters and the ops on it.
+
+The API calls these methods; the actor (``runtime.actor``) drains the mailbox through
+``handle``. Attempts for one run never overlap inside this process: the actor and
+``snapshot_now`` share a per-run lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+
+from snapshotd.config import InstanceConfig, WorkflowConfig
+from snapshotd.domain import compaction
+from snapshotd.domain.errors import Corrupt, NotFound, ReducerError, SnapshotdError
+from snapshotd.domain.model import SnapshotKind, utcnow
+from snapshotd.domain.policies import SKIP_REASONS, Policy
+from snapshotd.domain.reducers import Reducer, fold
+from snapshotd.journals.base import Journal
+from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.mailbox import Job, Mailbox, Offer
+from snapshotd.runtime.recovery import (
+    CorruptionReporter,
+    compatible,
+    drop_known_corrupt,
+    newest_valid,
+    state_fragment,
+)
+from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
+
+_log = structlog.get_logger("snapshotd.instance")
+
+SILENT_REASONS = frozenset({"below_threshold", "no_events", "disabled"})
+"""Outcomes of internal triggers that are routine checks: not counted, not logged."""
+
+UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _RunLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
+
+
+class RunLocks:
+    """One lock per run currently in use; entries vanish when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _RunLock] = {}
+
+    @asynccontextmanager
+    async def hold(self, run_id: str) -> AsyncIterator[None]:
+        entry = self._locks.get(run_id)
+        if entry is None:
+            entry = self._locks[run_id] = _RunLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[run_id]
+
+
+class Instance:
+    """A named journal with its policies, mailbox, actor state and counters."""
+
+    def __init__(
+        self,
+        config: InstanceConfig,
+        journal: Journal,
+        workflows: Mapping[str, WorkflowConfig],
+        reducers: Mapping[str, Reducer],
+        upgrades: Mapping[str, UpgradeFn],
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.journal = journal
+        self.telemetry = InstanceTelemetry(config.name)
+        self.policy = config.policy
+        self._policies = {
+            name: config.policy.with_overrides(wf.overrides) for name, wf in workflows.items()
+        }
+        self._reducers = dict(reducers)
+        self._upgrades = dict(upgrades)
+        self.mailbox = Mailbox(config.queue_capacity)
+        self.locks = RunLocks()
+        self.reporter = CorruptionReporter(config.name, self.record_audit)
+        self.taken = 0
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.dropped = 0
+        self.coalesced = 0
+        self.restarts = 0
+        self.in_flight: Job | None = None
+        self._sweep_wanted: anyio.Event | None = None
+        self.telemetry.watch_queue_depth(self.mailbox.__len__)
+
+    # --- policies -------------------------------------------------------------------
+
+    def policy_for(self, workflow: str) -> Policy:
+        """The instance policy with the workflow's overrides applied."""
+        return self._policies.get(workflow, self.policy)
+
+    def reducer_for(self, workflow: str) -> Reducer:
+        return self._reducers[self.policy_for(workflow).reducer]
+
+    def savepoint_upgrade_for(self, workflow: str) -> UpgradeFn | None:
+        """The workflow's ``savepoint_upgrade`` callable, resolved at start-up (None: none)."""
+        name = self.policy_for(workflow).savepoint_upgrade
+        return None if name is None else self._upgrades[name]
+
+    def sweep_interval_s(self) -> float | None:
+        """The smallest positive snapshot interval among the instance and workflows."""
+        intervals = [
+            p.snapshot_interval_s
+            for p in (self.policy, *self._policies.values())
+            if p.snapshot_interval_s > 0
+        ]
+        return min(intervals) if intervals else None
+
+    # --- intake ---------------------------------------------------------------------
+
+    def request_snapshot(self, run_id: str, lease: str | None) -> Offer:
+        """A ``snapshot`` request: queue it; never blocks. Counts dropped/coalesced."""
+        status = self.mailbox.offer(run_id, lease)
+        if status == "coalesced":
+            self.coalesced += 1
+            self.telemetry.coalesced()
+        elif status == "dropped":
+            self.dropped += 1
+            self.telemetry.dropped()
+        return status
+
+    def trigger(self, run_id: str) -> None:
+        """An internal check of ``run_id`` (sweep, append notification); never blocks."""
+        self.mailbox.offer_internal(run_id)
+
+    def request_sweep(self) -> None:
+        """Ask the sweep to look for due runs now (after missed append notifications)."""
+        if self._sweep_wanted is not None:
+            self._sweep_wanted.set()
+
+    async def wait_sweep_request(self, period_s: float) -> bool:
+        """Sleep up to ``period_s`` (may be inf); True when ``request_sweep`` woke us."""
+        self._sweep_wanted = anyio.Event()
+        with anyio.move_on_after(period_s):
+            await self._sweep_wanted.wait()
+            return True
+        return False
+
+    def stop_intake(self) -> None:
+        """Close the mailbox: queued requests are discarded (hints; sweeps recover them)."""
+        discarded = self.mailbox.close()
+        if discarded:
+            _log.info("queue_discarded", instance=self.name, requests=len(discarded))
+
+    # --- attempts -------------------------------------------------------------------
+
+    async def handle(self, job: Job) -> None:
+        """Run one queued Job (the actor's step)."""
+        async with self.locks.hold(job.run_id):
+            await self._attempt(
+                job.run_id,
+                lease=None if job.unchecked else job.lease,
+                force=False,
+                kind="auto",
+                counted=job.requested,
+            )
+
+    async def snapshot_now(
+        self, run_id: str, *, lease: str | None, force: bool, kind: SnapshotKind
+    ) -> dict[str, Any]:
+        """The ``snapshot_now`` op: an attempt right away, serialised with the actor's."""
+        async with self.locks.hold(run_id):
+            outcome = await self._attempt(run_id, lease=lease, force=force, kind=kind, counted=True)
+        return outcome.result()
+
+    async def _attempt(
+        self, run_id: str, *, lease: str | None, force: bool, kind: SnapshotKind, counted: bool
+    ) -> Outcome:
+        started = time.perf_counter()
+        with self.telemetry.snapshot_span(run_id) as span:
+            outcome = await attempt(self, run_id, lease=lease, force=force, kind=kind)
+            await self._record(span, run_id, kind, outcome, time.perf_counter() - started, counted)
+        return outcome
+
+    async def _record(
+        self,
+        span: SnapshotSpan,
+        run_id: str,
+        kind: SnapshotKind,
+        outcome: Outcome,
+        duration_s: float,
+        counted: bool,
+    ) -> None:
+        if outcome.lag is not None:
+            self.telemetry.lag(outcome.lag)
+        if outcome.meta is not None:
+            self.taken += 1
+            meta = outcome.meta
+            self.telemetry.taken(
+                span,
+                run_id=run_id,
+                kind=kind,
+                through_seq=meta.through_seq,
+                size_bytes=meta.size_bytes,
+                events_folded=outcome.events_folded,
+                duration_s=duration_s,
+            )
+            await self.record_audit(
+                "snapshot_taken",
+                run_id=run_id,
+                snapshot_id=meta.snapshot_id,
+                through_seq=meta.through_seq,
+                size_bytes=meta.size_bytes,
+                snapshot_kind=kind,
+            )
+            return
+        reason = outcome.reason
+        assert reason is not None
+        if not counted and reason in SILENT_REASONS:
+            span.set(outcome="skipped", reason=reason)
+            return
+        self.skipped[reason] += 1
+        self.telemetry.skipped(
+            span,
+            run_id=run_id,
+            reason=reason,
+            duration_s=duration_s,
+            error=outcome.error,
+            through_seq=outcome.through_seq,
+        )
+        if reason not in SILENT_REASONS:
+            fields: dict[str, Any] = {"run_id": run_id, "reason": reason}
+            if outcome.error is not None:
+                fields["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
+            await self.record_audit("snapshot_skipped", **fields)
+
+    def task_crashed(self, task: str) -> None:
+        """Account for a crashed loop; the actor's Job in flight ends as ``internal``."""
+        if task == "actor":
+            job, self.in_flight = self.in_flight, None
+            if job is not None and job.requested:
+                self.skipped["internal"] += 1
+                self.telemetry.attempt_lost()
+        self.restarts += 1
+        self.telemetry.restarted()
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def load(self, run_id: str, *, after_seq: int | None, limit: int) -> dict[str, Any]:
+        """The ``load`` op: newest valid compatible snapshot + a page of events after it.
+
+        Raises NotFound for an unknown run; damaged snapshots are skipped and reported.
+        """
+        run = await self.journal.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        snapshot = None
+        start = after_seq or 0
+        if after_seq is None:
+            metas = compatible(run, await self.journal.list_snapshots(run_id))
+            candidates = drop_known_corrupt(run_id, metas, self.reporter)
+            snapshot = await newest_valid(self.journal, run, candidates, self.reporter)
+            start = 0 if snapshot is None else snapshot.meta.through_seq
+        page = await self.journal.read_event_page(run_id, start, limit)
+        return {
+            "run": {
+                "run_id": run.run_id,
+                "workflow": run.workflow,
+                "version": run.version,
+                "lease": run.lease,
+                "last_seq": run.last_seq,
+                "created_at": run.created_at,
+            },
+            "snapshot": None
+            if snapshot is None
+            else {
+                "snapshot_id": snapshot.meta.snapshot_id,
+                "through_seq": snapshot.meta.through_seq,
+                "version": snapshot.meta.version,
+                "state": state_fragment(snapshot),
+                "created_at": snapshot.meta.created_at,
+            },
+            "events": [orjson.Fragment(raw) for raw in page.events],
+            "next_after": page.last_seq,
+            "has_more": page.has_more,
+        }
+
+    async def verify(self, run_id: str) -> dict[str, Any]:
+        """The ``verify`` op: checksum every snapshot, refold current-version ones.
+
+        ``drift`` lists current-version snapshots whose state differs from folding
+        the run's events up to ``through_seq`` with the workflow's current reducer.
+        """
+        run = await self.journal.get_run(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        checked = 0
+        corrupt: list[str] = []
+        current: list[tuple[int, str, Any]] = []
+        for meta in await self.journal.list_snapshots(run_id):
+            try:
+                snapshot = await self.journal.read_snapshot(run_id, meta.snapshot_id)
+                state = compaction.decode_state(snapshot)
+            except NotFound:
+                continue
+            except Corrupt as exc:
+                checked += 1
+                corrupt.append(meta.snapshot_id)
+                await self.reporter.report(run_id, meta.snapshot_id, exc)
+                continue
+            checked += 1
+            if meta.version == run.version and meta.through_seq <= run.last_seq:
+                current.append((meta.through_seq, meta.snapshot_id, state))
+        drift = await self._drift(run.run_id, run.workflow, current)
+        return {"checked": checked, "corrupt": corrupt, "drift": drift}
+
+    async def _drift(
+        self, run_id: str, workflow: str, stored: list[tuple[int, str, Any]]
+    ) -> list[str]:
+        if not stored:
+            return []
+        stored.sort(key=lambda item: item[0])
+        events = await self.journal.read_events(run_id, 0, stored[-1][0])
+        reducer = self.reducer_for(workflow)
+        drift: list[str] = []
+        state: Any = None
+        folded = 0
+        for index, (through_seq, snapshot_id, expected) in enumerate(stored):
+            try:
+                state = fold(reducer, state, events[folded:through_seq])
+                normalised = orjson.loads(compaction.encode_state(state))
+            except (ReducerError, TypeError):
+                drift.extend(sid for _, sid, _ in stored[index:])
+                break
+            folded = through_seq
+            if normalised != expected:
+                drift.append(snapshot_id)
+        return drift
+
+    async def audit(self, cursor: int, limit: int) -> dict[str, Any]:
+        """The ``audit`` op: entries after ``cursor``, oldest first."""
+        entries = await self.journal.read_audit(cursor, limit + 1)
+        page = entries[:limit]
+        return {
+            "events": [entry.to_json() for entry in page],
+            "next_cursor": page[-1].cursor if page else cursor,
+            "has_more": len(entries) > limit,
+        }
+
+    async def record_audit(self, kind: str, **fields: Any) -> None:
+        """Append to the audit log, best effort: a journal failure is logged, never raised."""
+        try:
+            await self.journal.append_audit(kind, fields, utcnow())
+        except (SnapshotdError, OSError, TypeError) as exc:
+            _log.warning(
+                "audit_failed", instance=self.name, kind=kind, error=f"{type(exc).__name__}: {exc}"
+            )
+
+    async def record_config(self, workflows: Mapping[str, WorkflowConfig]) -> None:
+        policy = asdict(self.policy)
+        await self.record_audit(
+            "config_loaded",
+            instance=self.name,
+            journal=self.journal.description,
+            queue_capacity=self.config.queue_capacity,
+            policy=policy,
+            workflows={name: wf.overrides for name, wf in workflows.items()},
+        )
+
+    def status(self) -> dict[str, Any]:
+        """This instance's part of the ``status`` op."""
+        return {
+            "journal": self.journal.description,
+            "queue_depth": len(self.mailbox),
+            "queue_capacity": self.mailbox.capacity,
+            "taken": self.taken,
+            "skipped": dict(self.skipped),
+            "dropped": self.dropped,
+            "coalesced": self.coalesced,
+            "restarts": self.restarts,
+        }

@@ -1,0 +1,100 @@
+"""Choosing the snapshot to build on (for `load` and compaction), skipping damaged ones.
+
+A snapshot is a usable base only when its ``version`` is the run's current one and
+its payload passes the checksum. A damaged snapshot is never served or folded onto:
+the search falls back to the next older one (or to full history) and the damage is
+reported once per snapshot per process (audit event + log), so a run that is asked
+for a snapshot on every step does not flood the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+import structlog
+
+from snapshotd.domain import compaction
+from snapshotd.domain.errors import Corrupt, NotFound
+from snapshotd.domain.model import Run, Snapshot, SnapshotMeta
+from snapshotd.journals.base import Journal
+
+_log = structlog.get_logger("snapshotd.recovery")
+
+AuditFn = Callable[..., Awaitable[None]]
+
+_MAX_REMEMBERED = 10_000
+
+
+class CorruptionReporter:
+    """Remembers damaged snapshots so they are reported once and skipped cheaply."""
+
+    def __init__(self, instance: str, audit: AuditFn) -> None:
+        self._instance = instance
+        self._audit = audit
+        self._known: set[tuple[str, str]] = set()
+
+    def known(self, run_id: str, snapshot_id: str) -> bool:
+        return (run_id, snapshot_id) in self._known
+
+    async def report(self, run_id: str, snapshot_id: str, error: Exception) -> None:
+        key = (run_id, snapshot_id)
+        if key in self._known:
+            return
+        if len(self._known) >= _MAX_REMEMBERED:
+            self._known.clear()
+        self._known.add(key)
+        _log.error(
+            "snapshot_corrupt",
+            instance=self._instance,
+            run_id=run_id,
+            snapshot_id=snapshot_id,
+            error=str(error),
+        )
+        await self._audit(
+            "snapshot_corrupt", run_id=run_id, snapshot_id=snapshot_id, error=str(error)
+        )
+
+
+def compatible(run: Run, metas: Sequence[SnapshotMeta]) -> list[SnapshotMeta]:
+    """The run's snapshots of its current version, newest first (``metas`` already are).
+
+    One beyond ``run.last_seq`` was written after ``run`` was read; it is left out so
+    the base and the tail count always describe the same moment.
+    """
+    return [m for m in metas if m.version == run.version and m.through_seq <= run.last_seq]
+
+
+async def newest_valid(
+    journal: Journal,
+    run: Run,
+    candidates: Sequence[SnapshotMeta],
+    reporter: CorruptionReporter,
+) -> Snapshot | None:
+    """The first of ``candidates`` (newest first) that reads and verifies, else None.
+
+    Raises what the journal raises except Corrupt for a single snapshot and
+    NotFound (deleted meanwhile by retention), which both move on to the next one.
+    """
+    for meta in candidates:
+        try:
+            snapshot = await journal.read_snapshot(run.run_id, meta.snapshot_id)
+            compaction.verify(snapshot)
+        except NotFound:
+            continue
+        except Corrupt as exc:
+            await reporter.report(run.run_id, meta.snapshot_id, exc)
+            continue
+        return snapshot
+    return None
+
+
+def drop_known_corrupt(
+    run_id: str, metas: Sequence[SnapshotMeta], reporter: CorruptionReporter
+) -> list[SnapshotMeta]:
+    return [m for m in metas if not reporter.known(run_id, m.snapshot_id)]
+
+
+def state_fragment(snapshot: Snapshot) -> orjson.Fragment:
+    """The snapshot's state as stored JSON, passed through to clients without decoding."""
+    return orjson.Fragment(snapshot.payload)

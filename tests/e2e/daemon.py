@@ -1,0 +1,142 @@
+"""Start a real ``snapshotd serve`` subprocess in a temp directory; talk to it over its socket."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from snapshotd.api.client import Client
+
+START_TIMEOUT_S = 15.0
+
+
+def default_config(root: Path, extra: str = "") -> str:
+    """A config with an fs ``default`` instance (threshold 10), a memory ``mem`` one,
+    a ``tiny`` memory one with a 20-request queue, and a small frame limit."""
+    return (
+        f'[socket]\npath = "{root / "s.sock"}"\nmax_frame_bytes = 65536\n\n'
+        f'[instances.default]\njournal = "fs:{root / "data"}"\nsnapshot_threshold = 10\n\n'
+        '[instances.mem]\njournal = "memory:"\n\n'
+        '[instances.tiny]\njournal = "memory:"\nqueue_capacity = 20\n\n'
+        '[workflows.kv]\nreducer = "last_by_key"\n' + extra
+    )
+
+
+class DaemonProcess:
+    """One ``snapshotd serve --config`` process; ``root`` holds config, socket, data and log."""
+
+    def __init__(self, root: Path | None = None, config: str | None = None) -> None:
+        # Short paths: a unix socket path must stay under 108 bytes.
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="sd-e2e-"))
+        self.socket_path = str(self.root / "s.sock")
+        self.config_path = self.root / "config.toml"
+        if config is not None or not self.config_path.exists():
+            self.config_path.write_text(config if config is not None else default_config(self.root))
+        self.log_path = self.root / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "snapshotd", *args]
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command("serve", "--config", str(self.config_path)),
+                cwd=self.root,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        return self.proc
+
+    def start(self) -> DaemonProcess:
+        """Spawn and wait until the daemon answers ``ping``."""
+        proc = self.spawn()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}:\n{self.log()}")
+            try:
+                with Client(self.socket_path, timeout=2) as client:
+                    client.call("ping")
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"daemon did not answer within {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return Client(self.socket_path, timeout=timeout)
+
+    def raw(self, timeout: float = 10.0) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(self.socket_path)
+        return sock
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {field} for pid {self.pid}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def read_line(sock: socket.socket, buffer: bytearray) -> bytes:
+    """Next line from ``sock`` (``buffer`` keeps what follows); b"" when the peer closed."""
+    while b"\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b""
+        buffer += chunk
+    end = buffer.index(b"\n")
+    line = bytes(buffer[:end])
+    del buffer[: end + 1]
+    return line
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
+        time.sleep(interval)

@@ -1,0 +1,516 @@
+"""What only the fs journal has: on-disk names, torn lines, damage, format, locking, crashes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from snapshotd.domain import compaction
+from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
+from snapshotd.domain.model import NewEvent
+from snapshotd.domain.reducers import fold, last_by_key, steps
+from snapshotd.journals import fsio
+from snapshotd.journals.fs import FsJournal
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+WRITER = Path(__file__).with_name("fs_writer.py")
+
+
+def ev(n: int) -> list[NewEvent]:
+    return [NewEvent("step", {"n": i}) for i in range(n)]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "journal"
+
+
+@pytest.fixture
+async def fs(root: Path) -> AsyncIterator[FsJournal]:
+    journal = FsJournal(root)
+    await journal.open()
+    try:
+        yield journal
+    finally:
+        await journal.aclose()
+
+
+async def reopen(journal: FsJournal, root: Path) -> FsJournal:
+    await journal.aclose()
+    fresh = FsJournal(root)
+    await fresh.open()
+    return fresh
+
+
+def events_file(root: Path, run_id: str) -> Path:
+    return root / "runs" / ("id-" + run_id.encode().hex()) / "events.jsonl"
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(fsio.TEMP_PREFIX)]
+
+
+async def add_run(journal: FsJournal, run_id: str, events: int) -> None:
+    await journal.create_run(run_id, "wf", "v1", None, T0)
+    if events:
+        await journal.append(run_id, ev(events), expected_seq=0, lease=None, now=T0)
+
+
+# names --------------------------------------------------------------------------
+
+
+async def test_hostile_run_ids_stay_inside_the_root(fs: FsJournal, root: Path) -> None:
+    long_id = "x" * 120 + "/../" + "é" * 38
+    hostile = ["../../etc", "/", "..", ".", "a/../../b", "\\..\\x", "снимок 🎉", long_id]
+    assert len(long_id.encode()) <= 200
+    for run_id in hostile:
+        await add_run(fs, run_id, 2)
+        events = await fs.read_events(run_id, 0)
+        made = compaction.compact(
+            run_id=run_id,
+            version="v1",
+            reducer_name="steps",
+            reducer=steps,
+            base=None,
+            tail=events,
+            kind="auto",
+            now=T0,
+            safety_ttl_s=1,
+        )
+        await fs.write_snapshot(made.snapshot, lease=None)
+        await fs.put_document(run_id, run_id, b"{}", None)
+    real_root = root.resolve()
+    for path in root.rglob("*"):
+        assert path.resolve().is_relative_to(real_root)
+    names = sorted(p.name for p in (root / "runs").iterdir())
+    assert len(names) == len(hostile)
+    assert all(n.startswith(("id-", "h-")) and len(n) <= 240 for n in names)
+    assert "h-" + hashlib.sha256(long_id.encode()).hexdigest() in names
+    assert (root / "runs" / ("id-" + b"..".hex()) / "run.json").is_file()
+    fs = await reopen(fs, root)
+    assert await fs.list_runs(None, 100) == sorted(hostile)
+    for run_id in hostile:
+        run = await fs.get_run(run_id)
+        assert run is not None
+        assert (run.run_id, run.last_seq) == (run_id, 2)
+        assert len(await fs.list_snapshots(run_id)) == 1
+        doc = await fs.get_document(run_id, run_id)
+        assert doc is not None
+        assert doc.version == 1
+    await fs.aclose()
+
+
+# torn lines and damage -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"seq":4,"type":"st', b"garbage\n", b"\x00\x00\x00\x00", b"\n", b'{"seq":4,"type"\n'],
+    ids=["partial", "complete-garbage", "zeros", "blank-line", "cut-with-newline"],
+)
+async def test_torn_last_line_ignored_then_overwritten(
+    fs: FsJournal, root: Path, tail: bytes
+) -> None:
+    await add_run(fs, "r", 3)
+    path = events_file(root, "r")
+    intact = path.read_bytes()
+    with path.open("ab") as file:
+        file.write(tail)
+    fs = await reopen(fs, root)
+    run = await fs.get_run("r")
+    assert run is not None
+    assert run.last_seq == 3
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2, 3]
+    page = await fs.read_event_page("r", 0, 10)
+    assert (len(page.events), page.has_more) == (3, False)
+    assert await fs.append("r", ev(2), expected_seq=3, lease=None, now=T0) == 5
+    data = path.read_bytes()
+    assert data.startswith(intact)
+    lines = data.splitlines()
+    assert [orjson.loads(line)["seq"] for line in lines] == [1, 2, 3, 4, 5]
+    assert data.endswith(b"\n")
+    fs = await reopen(fs, root)
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2, 3, 4, 5]
+    await fs.aclose()
+
+
+@pytest.mark.parametrize(
+    "bad", [b"not json", b'{"seq": 7, "type": "x", "data": 1}', b"[1,2]"], ids=str
+)
+async def test_bad_middle_line_makes_only_that_run_corrupt(
+    fs: FsJournal, root: Path, bad: bytes
+) -> None:
+    await add_run(fs, "damaged", 5)
+    await add_run(fs, "healthy", 5)
+    path = events_file(root, "damaged")
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = bad + b"\n"
+    path.write_bytes(b"".join(lines))
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt) as caught:
+        await fs.read_events("damaged", 0)
+    assert str(path) in caught.value.message
+    assert "line 3" in caught.value.message
+    with pytest.raises(Corrupt, match="line 3"):
+        await fs.read_event_page("damaged", 1, 10)
+    assert [e.seq for e in await fs.read_events("damaged", 3)] == [4, 5]
+    assert [e.seq for e in await fs.read_events("healthy", 0)] == [1, 2, 3, 4, 5]
+    assert await fs.append("healthy", ev(1), expected_seq=5, lease=None, now=T0) == 6
+    assert await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10) == ["damaged", "healthy"]
+    await fs.aclose()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'garbage\n{"seq":4,', b'{"seq":9,"type":"x","data":1}\n', b'{"seq":2,"type":"x","data":1}\n'],
+    ids=["garbage-before-torn", "seq-jumps", "seq-repeats"],
+)
+async def test_bad_line_at_the_end_that_is_not_torn_is_corrupt(
+    fs: FsJournal, root: Path, tail: bytes
+) -> None:
+    await add_run(fs, "r", 3)
+    await add_run(fs, "other", 1)
+    with events_file(root, "r").open("ab") as file:
+        file.write(tail)
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match="line 4"):
+        await fs.get_run("r")
+    with pytest.raises(Corrupt, match="line 4"):
+        await fs.append("r", ev(1), expected_seq=None, lease=None, now=T0)
+    assert [e.seq for e in await fs.read_events("other", 0)] == [1]
+    await fs.aclose()
+
+
+async def test_damaged_run_record_and_snapshot_metadata(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "a", 2)
+    await add_run(fs, "b", 2)
+    events = await fs.read_events("b", 0)
+    made = compaction.compact(
+        run_id="b",
+        version="v1",
+        reducer_name="steps",
+        reducer=steps,
+        base=None,
+        tail=events,
+        kind="auto",
+        now=T0,
+        safety_ttl_s=1,
+    ).snapshot
+    await fs.write_snapshot(made, lease=None)
+    run_json = events_file(root, "a").with_name("run.json")
+    run_json.write_bytes(b"{oops")
+    snap_file = events_file(root, "b").parent / "snapshots" / f"{made.meta.snapshot_id}.snap"
+    snap_file.write_bytes(b"{not metadata}\n" + made.payload)
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match=re.escape(str(run_json))):
+        await fs.get_run("a")
+    with pytest.raises(Corrupt, match=re.escape(str(snap_file))):
+        await fs.list_snapshots("b")
+    await fs.aclose()
+
+
+async def test_damaged_snapshot_payload_fails_verification(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "r", 2)
+    events = await fs.read_events("r", 0)
+    made = compaction.compact(
+        run_id="r",
+        version="v1",
+        reducer_name="steps",
+        reducer=steps,
+        base=None,
+        tail=events,
+        kind="auto",
+        now=T0,
+        safety_ttl_s=1,
+    ).snapshot
+    await fs.write_snapshot(made, lease=None)
+    snap_file = events_file(root, "r").parent / "snapshots" / f"{made.meta.snapshot_id}.snap"
+    snap_file.write_bytes(snap_file.read_bytes().replace(b'"steps"', b'"stepz"'))
+    fs = await reopen(fs, root)
+    stored = await fs.read_snapshot("r", made.meta.snapshot_id)
+    with pytest.raises(Corrupt, match="checksum"):
+        compaction.verify(stored)
+    await fs.aclose()
+
+
+# format, temp files, locking ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"format": "snapshotd-fs", "schema_version": 99, "fingerprint": "sha256:x"}',
+        b'{"format": "something-else"}',
+        b"not json",
+    ],
+    ids=["schema", "format", "garbage"],
+)
+async def test_format_mismatch_refuses_to_open(root: Path, content: bytes) -> None:
+    journal = FsJournal(root)
+    await journal.open()
+    await journal.aclose()
+    (root / "format.json").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"format\.json"):
+        await FsJournal(root).open()
+
+
+async def test_format_json_written_and_foreign_directory_refused(tmp_path: Path) -> None:
+    journal = FsJournal(tmp_path / "new")
+    await journal.open()
+    await journal.aclose()
+    written = orjson.loads((tmp_path / "new" / "format.json").read_bytes())
+    assert written["format"] == "snapshotd-fs"
+    assert written["schema_version"] == 1
+    assert written["fingerprint"].startswith("sha256:")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "important.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=r"format\.json"):
+        await FsJournal(foreign).open()
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "lock"]
+
+
+async def test_leftover_temp_files_removed_on_open(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "r", 2)
+    await fs.put_document("ns", "k", b"{}", None)
+    await fs.aclose()
+    run_dir = events_file(root, "r").parent
+    leftovers = [
+        root / ".tmp-format",
+        root / "runs" / ".tmp-halfrun" / "run.json",
+        run_dir / ".tmp-runjson",
+        run_dir / "snapshots" / ".tmp-snap",
+        next((root / "documents").iterdir()) / ".tmp-doc",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    assert len(temp_files(root)) == 5
+    fs = FsJournal(root)
+    await fs.open()
+    assert temp_files(root) == []
+    assert await fs.list_runs(None, 10) == ["r"]
+    assert await fs.list_snapshots("r") == []
+    await fs.aclose()
+
+
+async def test_second_open_of_same_directory_refused(fs: FsJournal, root: Path) -> None:
+    second = FsJournal(root)
+    with pytest.raises(ConfigError, match="locked by another process"):
+        await second.open()
+    await fs.aclose()
+    await second.open()
+    await second.aclose()
+    await second.aclose()
+
+
+async def test_closed_journal_is_unavailable(root: Path) -> None:
+    journal = FsJournal(root)
+    with pytest.raises(Unavailable, match="not open"):
+        await journal.get_run("r")
+
+
+# persistence and positioning ---------------------------------------------------------
+
+
+async def test_everything_survives_reopen(fs: FsJournal, root: Path) -> None:
+    await fs.create_run("r", "wf", "v1", "lease-1", T0)
+    await fs.append("r", ev(4), expected_seq=0, lease="lease-1", now=T0)
+    await fs.set_version("r", "v2")
+    await fs.set_lease("r", "lease-2", expected="lease-1")
+    events = await fs.read_events("r", 0)
+    made = compaction.compact(
+        run_id="r",
+        version="v2",
+        reducer_name="steps",
+        reducer=steps,
+        base=None,
+        tail=events,
+        kind="manual",
+        now=T0,
+        safety_ttl_s=1,
+    ).snapshot
+    await fs.write_snapshot(made, lease="lease-2")
+    await fs.set_pinned("r", made.meta.snapshot_id, True)
+    await fs.append_audit("taken", {"run_id": "r"}, T0)
+    await fs.put_document("savepoints", "r", b'{"t": 1}', None)
+    fs = await reopen(fs, root)
+    run = await fs.get_run("r")
+    assert run is not None
+    assert (run.version, run.lease, run.last_seq, run.created_at) == ("v2", "lease-2", 4, T0)
+    assert await fs.read_events("r", 0) == events
+    (meta,) = await fs.list_snapshots("r")
+    assert meta == made.meta.__class__(**{**made.meta.to_json(), "pinned": True})
+    assert (await fs.read_snapshot("r", meta.snapshot_id)).payload == made.payload
+    (entry,) = await fs.read_audit(0, 10)
+    assert (entry.cursor, entry.kind, entry.fields, entry.at) == (1, "taken", {"run_id": "r"}, T0)
+    assert await fs.append_audit("again", {}, T0) == 2
+    doc = await fs.get_document("savepoints", "r")
+    assert doc is not None
+    assert (doc.body, doc.version) == (b'{"t": 1}', 1)
+    await fs.aclose()
+
+
+async def test_pages_from_any_position_after_restart(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "r", 3000)
+    fs = await reopen(fs, root)
+    for after in [2999, 1500, 10, 2000, 1501, 0, 2993, 2994, 3000, 1499]:
+        page = await fs.read_event_page("r", after, 7)
+        seqs = [orjson.loads(raw)["seq"] for raw in page.events]
+        want = list(range(after + 1, min(after + 8, 3001)))
+        assert seqs == want, after
+        assert page.has_more == (want[-1] < 3000 if want else False)
+    await fs.aclose()
+
+
+async def test_append_of_10000_events_is_one_write_and_one_fsync(
+    fs: FsJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_run(fs, "r", 0)
+    calls: dict[str, int] = {"pwrite": 0, "write": 0, "fsync": 0}
+    real_pwrite, real_write, real_fsync = os.pwrite, os.write, os.fsync
+
+    def counting(name: str, real: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(os, "pwrite", counting("pwrite", real_pwrite))
+    monkeypatch.setattr(os, "write", counting("write", real_write))
+    monkeypatch.setattr(os, "fsync", counting("fsync", real_fsync))
+    assert await fs.append("r", ev(10_000), expected_seq=0, lease=None, now=T0) == 10_000
+    monkeypatch.undo()
+    assert calls == {"pwrite": 1, "write": 0, "fsync": 1}
+
+
+async def test_disk_errors_become_unavailable_and_leave_no_partial_batch(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_run(fs, "r", 2)
+    real_pwrite = os.pwrite
+
+    def half_then_enospc(fd: int, data: Any, offset: int) -> int:
+        real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", half_then_enospc)
+    with pytest.raises(Unavailable, match="No space left"):
+        await fs.append("r", ev(50), expected_seq=2, lease=None, now=T0)
+    monkeypatch.undo()
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2]
+    fs = await reopen(fs, root)
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2]
+    assert await fs.append("r", ev(1), expected_seq=2, lease=None, now=T0) == 3
+    assert len(events_file(root, "r").read_bytes().splitlines()) == 3
+    await fs.aclose()
+
+
+async def test_failed_snapshot_write_leaves_nothing(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_run(fs, "r", 2)
+    events = await fs.read_events("r", 0)
+    made = compaction.compact(
+        run_id="r",
+        version="v1",
+        reducer_name="steps",
+        reducer=steps,
+        base=None,
+        tail=events,
+        kind="auto",
+        now=T0,
+        safety_ttl_s=1,
+    ).snapshot
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(Unavailable, match="Input/output error"):
+        await fs.write_snapshot(made, lease=None)
+    monkeypatch.undo()
+    assert await fs.list_snapshots("r") == []
+    assert temp_files(root) == []
+    await fs.write_snapshot(made, lease=None)
+    assert len(await fs.list_snapshots("r")) == 1
+
+
+# crash safety ---------------------------------------------------------------------
+
+
+def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
+    """Start the writer, let it work for a random moment, SIGKILL it; its complete lines."""
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), str(root), str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(b"ack "), proc.stderr.read() if proc.stderr else first
+        time.sleep(rng.uniform(0.0, 0.25))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=10)
+    text = (first + out).decode()
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    return complete.splitlines()
+
+
+async def test_kill_9_loses_no_acknowledged_write(root: Path) -> None:
+    rng = random.Random(1234)
+    acked_seq = acked_audit = acked_doc = 0
+    snapshots: set[str] = set()
+    deleting: set[str] = set()
+    started = time.monotonic()
+    for iteration in range(8):
+        for line in run_writer(root, iteration, rng):
+            word, _, rest = line.partition(" ")
+            if word == "ack":
+                acked_seq = int(rest)
+            elif word == "snap":
+                snapshots.add(rest)
+            elif word == "deleting":
+                deleting.update(rest.split())
+            elif word == "audit":
+                acked_audit = int(rest)
+            elif word == "doc":
+                acked_doc = int(rest)
+        journal = FsJournal(root)
+        await journal.open()
+        try:
+            assert temp_files(root) == []
+            events = await journal.read_events("crash-run", 0)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert len(events) >= acked_seq > 0
+            stored = {m.snapshot_id: m for m in await journal.list_snapshots("crash-run")}
+            assert snapshots - deleting <= set(stored)
+            for meta in stored.values():
+                snapshot = await journal.read_snapshot("crash-run", meta.snapshot_id)
+                state = compaction.decode_state(snapshot)
+                assert state == fold(last_by_key, None, events[: meta.through_seq])
+            assert len(await journal.read_audit(0, 100_000)) >= acked_audit
+            doc = await journal.get_document("savepoints", "crash-run")
+            assert (doc.version if doc else 0) >= acked_doc
+        finally:
+            await journal.aclose()
+    assert time.monotonic() - started < 20

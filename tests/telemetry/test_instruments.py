@@ -1,0 +1,235 @@
+"""Every SPEC section 6 metric and the ``snapshot`` span, recorded through the helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.trace import StatusCode
+
+from snapshotd.domain.model import SNAPSHOT_KINDS
+from snapshotd.domain.policies import SKIP_REASONS
+from snapshotd.telemetry.instruments import DURATION_BUCKETS_S, instance_telemetry, rejected
+from tests.telemetry.conftest import Captured
+
+# name: (kind, unit, extra attribute keys) — SPEC section 6, verbatim.
+SPEC_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
+    "snapshotd.snapshot.taken": (Sum, "{snapshot}", frozenset({"kind"})),
+    "snapshotd.snapshot.skipped": (Sum, "{snapshot}", frozenset({"reason"})),
+    "snapshotd.snapshot.duration": (Histogram, "s", frozenset({"outcome"})),
+    "snapshotd.snapshot.size": (Histogram, "By", frozenset()),
+    "snapshotd.snapshot.events": (Histogram, "{event}", frozenset()),
+    "snapshotd.snapshot.pruned": (Sum, "{snapshot}", frozenset()),
+    "snapshotd.requests.received": (Sum, "{request}", frozenset({"op"})),
+    "snapshotd.requests.rejected": (Sum, "{request}", frozenset({"code"})),
+    "snapshotd.requests.dropped": (Sum, "{request}", frozenset()),
+    "snapshotd.requests.coalesced": (Sum, "{request}", frozenset()),
+    "snapshotd.queue.depth": (Gauge, "{request}", frozenset()),
+    "snapshotd.actor.restarts": (Sum, "{restart}", frozenset()),
+    "snapshotd.run.lag": (Histogram, "{event}", frozenset()),
+}
+
+
+def values(metric: Metric) -> dict[tuple[tuple[str, Any], ...], Any]:
+    """Data points keyed by their sorted attributes: sums/gauges by value, histograms by count."""
+    out: dict[tuple[tuple[str, Any], ...], Any] = {}
+    for point in metric.data.data_points:
+        key = tuple(sorted((point.attributes or {}).items()))
+        assert isinstance(point, HistogramDataPoint | NumberDataPoint)
+        out[key] = point.count if isinstance(point, HistogramDataPoint) else point.value
+    return out
+
+
+def record_everything(instance: str) -> None:
+    tel = instance_telemetry(instance)
+    tel.watch_queue_depth(lambda: 7)
+    tel.received("snapshot")
+    tel.rejected("bad_request")
+    tel.dropped()
+    tel.coalesced()
+    tel.restarted()
+    tel.lag(42)
+    tel.pruned(2)
+    with tel.snapshot_span("run-1") as span:
+        tel.taken(
+            span,
+            run_id="run-1",
+            kind="auto",
+            through_seq=10,
+            size_bytes=300,
+            events_folded=10,
+            duration_s=0.003,
+        )
+    with tel.snapshot_span("run-2") as span:
+        tel.skipped(span, run_id="run-2", reason="below_threshold", duration_s=0.0001)
+
+
+def test_every_spec_metric_has_its_kind_unit_and_attributes(otel: Captured) -> None:
+    record_everything("alpha")
+    found = otel.metrics()
+    assert set(SPEC_METRICS) <= set(found)
+    for name, (kind, unit, extra) in SPEC_METRICS.items():
+        metric = found[name]
+        assert isinstance(metric.data, kind), name
+        assert metric.unit == unit, name
+        if isinstance(metric.data, Sum):
+            assert metric.data.is_monotonic, name
+        # Observable instruments also report instances of earlier tests in this process.
+        mine = [dict(p.attributes or {}) for p in metric.data.data_points]
+        mine = [a for a in mine if a.get("instance") == "alpha"]
+        assert mine, name
+        assert all(set(attributes) == {"instance", *extra} for attributes in mine), name
+
+
+def test_recorded_values_and_attributes(otel: Captured) -> None:
+    record_everything("beta")
+    rejected("bad_request")
+    found = otel.metrics()
+    assert values(found["snapshotd.snapshot.taken"])[(("instance", "beta"), ("kind", "auto"))] == 1
+    assert (
+        values(found["snapshotd.snapshot.skipped"])[
+            (("instance", "beta"), ("reason", "below_threshold"))
+        ]
+        == 1
+    )
+    assert values(found["snapshotd.snapshot.duration"]) == {
+        (("instance", "beta"), ("outcome", "taken")): 1,
+        (("instance", "beta"), ("outcome", "skipped")): 1,
+    }
+    assert values(found["snapshotd.requests.rejected"]) == {
+        (("code", "bad_request"), ("instance", "beta")): 1,
+        (("code", "bad_request"), ("instance", "-")): 1,
+    }
+    assert values(found["snapshotd.requests.received"]) == {
+        (("instance", "beta"), ("op", "snapshot")): 1
+    }
+    assert values(found["snapshotd.snapshot.pruned"]) == {(("instance", "beta"),): 2}
+    assert values(found["snapshotd.queue.depth"])[(("instance", "beta"),)] == 7
+
+
+def test_counters_start_with_zero_series_per_instance(otel: Captured) -> None:
+    instance_telemetry("gamma")
+    found = otel.metrics()
+
+    def gamma(name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+        return {k: v for k, v in values(found[name]).items() if ("instance", "gamma") in k}
+
+    for name in ("requests.dropped", "requests.coalesced", "actor.restarts", "snapshot.pruned"):
+        assert gamma(f"snapshotd.{name}") == {(("instance", "gamma"),): 0}
+    assert gamma("snapshotd.snapshot.taken") == {
+        (("instance", "gamma"), ("kind", kind)): 0 for kind in SNAPSHOT_KINDS
+    }
+    assert gamma("snapshotd.snapshot.skipped") == {
+        (("instance", "gamma"), ("reason", r)): 0 for r in SKIP_REASONS
+    }
+
+
+def test_a_lost_attempt_counts_as_an_internal_skip(otel: Captured) -> None:
+    instance_telemetry("lambda").attempt_lost()
+    skipped = values(otel.metrics()["snapshotd.snapshot.skipped"])
+    assert skipped[(("instance", "lambda"), ("reason", "internal"))] == 1
+
+
+def test_dropped_and_coalesced_are_running_totals(otel: Captured) -> None:
+    tel = instance_telemetry("kappa")
+    for _ in range(3):
+        tel.dropped()
+    tel.coalesced()
+    found = otel.metrics()
+    assert values(found["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 3
+    assert values(found["snapshotd.requests.coalesced"])[(("instance", "kappa"),)] == 1
+    tel.dropped()
+    # The delta reader sees only what happened since its last collection.
+    assert values(otel.metrics()["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 1
+
+
+def test_duration_histogram_uses_second_buckets(otel: Captured) -> None:
+    record_everything("delta")
+    (point, *_) = otel.metrics()["snapshotd.snapshot.duration"].data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    assert tuple(point.explicit_bounds) == tuple(float(b) for b in DURATION_BUCKETS_S)
+    # 3 ms lands in the (2.5 ms, 5 ms] bucket, not the first bucket of a milliseconds layout.
+    assert point.bucket_counts[DURATION_BUCKETS_S.index(0.005)] == 1
+
+
+def test_queue_depth_skips_a_broken_source(otel: Captured) -> None:
+    def broken() -> int:
+        raise RuntimeError("queue gone")
+
+    good, bad = instance_telemetry("epsilon"), instance_telemetry("zeta")
+    good.watch_queue_depth(lambda: 3)
+    bad.watch_queue_depth(broken)
+    depth = values(otel.metrics()["snapshotd.queue.depth"])
+    assert depth[(("instance", "epsilon"),)] == 3
+    assert (("instance", "zeta"),) not in depth
+    good.forget()
+    bad.forget()
+    assert (("instance", "epsilon"),) not in values(otel.metrics()["snapshotd.queue.depth"])
+
+
+def test_one_snapshot_span_per_attempt(otel: Captured) -> None:
+    tel = instance_telemetry("eta")
+    with tel.snapshot_span("run-a") as span:
+        tel.taken(
+            span,
+            run_id="run-a",
+            kind="manual",
+            through_seq=5,
+            size_bytes=10,
+            events_folded=5,
+            duration_s=0.001,
+        )
+        trace_id = span.trace_id()
+    with tel.snapshot_span("run-b") as span:
+        tel.skipped(span, run_id="run-b", reason="no_events", duration_s=0.001, through_seq=5)
+    taken, skipped = otel.finished_spans()
+    assert taken.name == skipped.name == "snapshot"
+    assert taken.attributes is not None and skipped.attributes is not None
+    assert dict(taken.attributes) == {
+        "snapshotd.run_id": "run-a",
+        "snapshotd.instance": "eta",
+        "snapshotd.through_seq": 5,
+        "snapshotd.outcome": "taken",
+    }
+    assert trace_id == format(taken.context.trace_id, "032x")
+    assert skipped.attributes["snapshotd.outcome"] == "skipped"
+    assert skipped.attributes["snapshotd.reason"] == "no_events"
+    assert skipped.attributes["snapshotd.through_seq"] == 5
+    assert skipped.status.status_code is StatusCode.UNSET
+
+
+def test_errors_are_recorded_on_the_span(otel: Captured) -> None:
+    tel = instance_telemetry("theta")
+    with tel.snapshot_span("run-c") as span:
+        tel.skipped(
+            span,
+            run_id="run-c",
+            reason="journal_error",
+            duration_s=0.01,
+            error=OSError("disk gone"),
+        )
+    (finished,) = otel.finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.status.description == "disk gone"
+    (event,) = finished.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "OSError"
+
+
+def test_an_exception_escaping_the_attempt_ends_the_span_with_an_error(otel: Captured) -> None:
+    tel = instance_telemetry("iota")
+    with pytest.raises(ValueError, match="bug"), tel.snapshot_span("run-d"):
+        raise ValueError("bug")
+    (finished,) = otel.finished_spans()
+    assert finished.status.status_code is StatusCode.ERROR
+    assert finished.attributes is not None
+    assert finished.attributes["snapshotd.run_id"] == "run-d"

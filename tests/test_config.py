@@ -1,0 +1,213 @@
+"""Configuration: defaults, the TOML file, env overrides, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapshotd.config import load_config
+from snapshotd.domain.errors import ConfigError
+from snapshotd.domain.policies import Policy
+
+FULL = """
+[socket]
+path = "/run/snapshotd.sock"
+mode = "0660"
+max_frame_bytes = 4096
+allowed_uids = [1000, 1001]
+max_connections = 8
+
+[instances.default]
+journal = "fs:./data"
+snapshot_threshold = 50
+snapshot_interval_s = 0
+max_snapshot_bytes = 2048
+keep_snapshots = 3
+safety_ttl_s = 60
+queue_capacity = 5
+
+[instances.Scratch]
+journal = "memory:"
+snapshot_threshold = "infinity"
+
+[workflows.order]
+reducer = "merge_patch"
+snapshot_threshold = 10
+savepoint_upgrade = "mypkg.upgrades:v2"
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "snapshotd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file_or_env() -> None:
+    config = load_config(None, {})
+    assert config.socket.path == "./snapshotd.sock"
+    assert config.socket.mode == 0o600
+    assert config.socket.max_frame_bytes == 1_048_576
+    assert config.socket.allowed_uids is None
+    assert list(config.instances) == ["default"]
+    default = config.instances["default"]
+    assert default.journal == "fs:./data"
+    assert default.policy == Policy()
+    assert default.queue_capacity == 10_000
+    assert config.workflows == {}
+
+
+def test_full_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL), {"UNRELATED": "x", "SNAPSHOTD_CONFIG": "y"})
+    assert config.socket.mode == 0o660
+    assert config.socket.allowed_uids == (1000, 1001)
+    assert config.socket.max_connections == 8
+    default = config.instances["default"]
+    assert default.policy == Policy(
+        snapshot_threshold=50,
+        snapshot_interval_s=0,
+        max_snapshot_bytes=2048,
+        keep_snapshots=3,
+        safety_ttl_s=60,
+    )
+    assert default.queue_capacity == 5
+    assert config.instances["Scratch"].policy.snapshot_threshold is None
+    assert config.workflows["order"].overrides == {
+        "reducer": "merge_patch",
+        "snapshot_threshold": 10,
+        "savepoint_upgrade": "mypkg.upgrades:v2",
+    }
+
+
+def test_env_overrides_win_and_match_names_case_insensitively(tmp_path: Path) -> None:
+    env = {
+        "SNAPSHOTD_SOCKET_PATH": "/tmp/other.sock",
+        "snapshotd_socket_allowed_uids": "0, 1000",
+        "SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD": "Infinity",
+        "SNAPSHOTD_INSTANCES__scratch__QUEUE_CAPACITY": "7",
+        "SNAPSHOTD_INSTANCES__PG__JOURNAL": "postgresql://u@h/db?schema=s",
+        "SNAPSHOTD_INSTANCES__PG__SNAPSHOT_INTERVAL_S": "2.5",
+        "SNAPSHOTD_WORKFLOWS__ORDER__KEEP_SNAPSHOTS": "4",
+        "SNAPSHOTD_WORKFLOWS__Billing__REDUCER": "last_by_key",
+    }
+    config = load_config(write(tmp_path, FULL), env)
+    assert config.socket.path == "/tmp/other.sock"
+    assert config.socket.allowed_uids == (0, 1000)
+    assert config.instances["default"].policy.snapshot_threshold is None
+    assert config.instances["default"].policy.keep_snapshots == 3
+    assert config.instances["Scratch"].queue_capacity == 7
+    assert config.instances["pg"].journal.startswith("postgresql://")
+    assert config.instances["pg"].policy.snapshot_interval_s == 2.5
+    assert config.workflows["order"].overrides["keep_snapshots"] == 4
+    assert config.workflows["order"].overrides["reducer"] == "merge_patch"
+    assert config.workflows["billing"].overrides == {"reducer": "last_by_key"}
+
+
+def test_env_only_instances_replace_the_implicit_default() -> None:
+    config = load_config(None, {"SNAPSHOTD_INSTANCES__MEM__JOURNAL": "memory:"})
+    assert list(config.instances) == ["mem"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sockets]\n", r"^sockets: unknown key"),
+        ("[socket]\npathh = 'x'\n", r"^socket\.pathh: unknown key"),
+        ("[instances.default]\nthreshold = 1\n", r"^instances\.default\.threshold: unknown key"),
+        ("[workflows.w]\njournal = 'memory:'\n", r"^workflows\.w\.journal: unknown key"),
+        ("[workflows.w]\nqueue_capacity = 3\n", r"^workflows\.w\.queue_capacity: unknown key"),
+        ("instances = 3\n", r"^instances: must be a table"),
+        ("[instances]\ndefault = 3\n", r"^instances\.default: must be a table"),
+        ("[instances.x]\nsnapshot_threshold = 5\n", r"^instances\.x\.journal: missing"),
+        ("[socket\n", r"invalid TOML"),
+    ],
+)
+def test_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), {})
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*nope\.toml"):
+        load_config(str(tmp_path / "nope.toml"), {})
+
+
+BAD_VALUES = [
+    ("instances.default.snapshot_threshold", "0", 'positive integer or "infinity"'),
+    ("instances.default.snapshot_threshold", "-3", 'positive integer or "infinity"'),
+    ("instances.default.snapshot_threshold", "'never'", 'positive integer or "infinity"'),
+    ("instances.default.snapshot_threshold", "1.5", 'positive integer or "infinity"'),
+    ("instances.default.snapshot_threshold", "true", 'positive integer or "infinity"'),
+    ("instances.default.keep_snapshots", "1", "integer >= 2"),
+    ("instances.default.snapshot_interval_s", "-1", ">= 0"),
+    ("instances.default.snapshot_interval_s", "'soon'", ">= 0"),
+    ("instances.default.safety_ttl_s", "0", "> 0"),
+    ("instances.default.queue_capacity", "0", "positive integer"),
+    ("instances.default.max_snapshot_bytes", "0", "positive integer"),
+    ("instances.default.journal", "'mysql://x'", "'memory:', 'fs:PATH'"),
+    ("instances.default.journal", "'fs:'", "'memory:', 'fs:PATH'"),
+    ("instances.default.reducer", "''", "non-empty string"),
+    ("workflows.order.savepoint_upgrade", "'upgrade'", "MODULE:FUNCTION"),
+    ("workflows.order.keep_snapshots", "0", "integer >= 2"),
+    ("socket.mode", "'rw-------'", "octal"),
+    ("socket.mode", "600", "octal"),
+    ("socket.mode", "'0999'", "octal"),
+    ("socket.allowed_uids", "[]", "non-empty list"),
+    ("socket.allowed_uids", "[-1]", "user ids"),
+    ("socket.max_frame_bytes", "0", "positive integer"),
+    ("socket.max_connections", "'many'", "positive integer"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), BAD_VALUES)
+def test_each_invalid_file_value_names_its_key(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    table, _, leaf = key.rpartition(".")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[{table}]\n{leaf} = {value}\n"), {})
+    message = str(info.value)
+    assert message.startswith(f"{key}: ") and expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key"),
+    [
+        (
+            "SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD",
+            "lots",
+            "instances.default.snapshot_threshold",
+        ),
+        ("SNAPSHOTD_INSTANCES__DEFAULT__KEEP_SNAPSHOTS", "1", "instances.default.keep_snapshots"),
+        ("SNAPSHOTD_INSTANCES__NEW__QUEUE_CAPACITY", "x", "instances.new.queue_capacity"),
+        (
+            "SNAPSHOTD_WORKFLOWS__ORDER__SNAPSHOT_INTERVAL_S",
+            "-5",
+            "workflows.order.snapshot_interval_s",
+        ),
+        ("SNAPSHOTD_SOCKET_MODE", "777x", "socket.mode"),
+        ("SNAPSHOTD_SOCKET_ALLOWED_UIDS", "1000,abc", "socket.allowed_uids"),
+    ],
+)
+def test_each_invalid_env_value_names_its_key_and_variable(var: str, value: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {var: value})
+    message = str(info.value)
+    assert message.startswith(f"{key} (from {var}): ")
+
+
+@pytest.mark.parametrize(
+    ("var", "message"),
+    [
+        ("SNAPSHOTD_SOCKET_COLOR", r"^socket\.color \(from SNAPSHOTD_SOCKET_COLOR\): unknown key"),
+        ("SNAPSHOTD_INSTANCES__DEFAULT__COLOR", r"^instances\.default\.color .*unknown key"),
+        ("SNAPSHOTD_WORKFLOWS__W__JOURNAL", r"^workflows\.w\.journal .*unknown key"),
+        ("SNAPSHOTD_INSTANCES_DEFAULT_JOURNAL", r"SNAPSHOTD_INSTANCES__<NAME>__<KEY>"),
+        ("SNAPSHOTD_WORKFLOWS__W", r"SNAPSHOTD_WORKFLOWS__<NAME>__<KEY>"),
+    ],
+)
+def test_unknown_env_keys_are_errors(var: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {var: "1"})
