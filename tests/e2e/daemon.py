@@ -81,7 +81,11 @@ class DaemonProcess:
     def raw(self, timeout: float = 10.0) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
-        sock.connect(self.socket_path)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -128,6 +132,29 @@ def read_line(sock: socket.socket, buffer: bytearray) -> bytes:
     line = bytes(buffer[:end])
     del buffer[: end + 1]
     return line
+
+
+def pg_config(root: Path, journal: str, policy: str = "") -> str:
+    """A config whose ``default`` instance uses ``journal`` (a postgresql:// URL with
+    ``?schema=``), with ``policy`` lines added to that instance."""
+    return (
+        f'[socket]\npath = "{root / "s.sock"}"\n\n'
+        f'[instances.default]\njournal = "{journal}"\n{policy}\n'
+    )
+
+
+def psql(dsn: str, sql: str, timeout: float = 30.0) -> str:
+    """Run ``sql`` with psql (stop on the first error) and return its unaligned output."""
+    done = subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
