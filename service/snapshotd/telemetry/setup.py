@@ -43,7 +43,6 @@ DEFAULT_PROTOCOL: Protocol = "http/protobuf"
 DEFAULT_METRIC_INTERVAL_MS = 60_000
 # The exporters' own default is 10 s per export, retries included; a sidecar should give up sooner.
 DEFAULT_EXPORT_TIMEOUT_S = 5.0
-SPAN_QUEUE_SIZE = 2048
 SHUTDOWN_TIMEOUT_S = 3.0
 
 _install_lock = threading.Lock()
@@ -256,9 +255,8 @@ def setup_telemetry(service_version: str) -> Callable[[], None]:
     processors: list[SpanProcessor] = []
     if settings.traces_endpoint is not None:
         processors.append(
-            BatchSpanProcessor(
-                _span_exporter(settings, settings.traces_endpoint), max_queue_size=SPAN_QUEUE_SIZE
-            )
+            # Its queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, default 2048): beyond it spans drop.
+            BatchSpanProcessor(_span_exporter(settings, settings.traces_endpoint))
         )
     meter_provider, tracer_provider = build_providers(
         build_resource(service_version), metric_readers=readers, span_processors=processors
