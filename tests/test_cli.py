@@ -130,6 +130,23 @@ def test_daemon_errors_exit_1(daemon: DaemonProcess, capsys: pytest.CaptureFixtu
     assert "unknown_instance" in err
 
 
+def test_options_before_the_command(
+    daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "--json", "--socket", daemon.socket_path, "status")
+    assert code == 0
+    assert "mem" in json.loads(out)["instances"]
+    code, out, _ = _run(capsys, "--config", str(daemon.config_path), "--json", "status")
+    assert (code, "tiny" in json.loads(out)["instances"]) == (0, True)
+
+
+def test_json_errors_are_json(daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "load", "missing", "--json", "--socket", daemon.socket_path)
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "not_found"
+    assert "not_found" in err
+
+
 def test_unreachable_daemon_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "status", "--socket", str(tmp_path / "none.sock"))
     assert code == 1

@@ -59,7 +59,7 @@ def test_defaults_without_file_or_env() -> None:
 
 
 def test_full_file(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, FULL), {"UNRELATED": "x", "SNAPSHOTD_CONFIG": "y"})
+    config = load_config(write(tmp_path, FULL), {"UNRELATED": "x", "SNAPSHOTD_MIGRATIONS": "/m"})
     assert config.socket.mode == 0o660
     assert config.socket.allowed_uids == (1000, 1001)
     assert config.socket.max_connections == 8
@@ -84,7 +84,7 @@ def test_env_overrides_win_and_match_names_case_insensitively(tmp_path: Path) ->
     env = {
         "SNAPSHOTD_SOCKET_PATH": "/tmp/other.sock",
         "snapshotd_socket_allowed_uids": "0, 1000",
-        "SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD": "Infinity",
+        "SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD": "infinity",
         "SNAPSHOTD_INSTANCES__scratch__QUEUE_CAPACITY": "7",
         "SNAPSHOTD_INSTANCES__PG__JOURNAL": "postgresql://u@h/db?schema=s",
         "SNAPSHOTD_INSTANCES__PG__SNAPSHOT_INTERVAL_S": "2.5",
@@ -211,3 +211,15 @@ def test_each_invalid_env_value_names_its_key_and_variable(var: str, value: str,
 def test_unknown_env_keys_are_errors(var: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, {var: "1"})
+
+
+def test_an_unknown_snapshotd_variable_is_a_start_up_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SNAPSHOTD_FOO: unknown setting"):
+        load_config(None, {"SNAPSHOTD_FOO": "1"})
+
+
+@pytest.mark.parametrize("spelling", ["Infinity", "INFINITY", "inf"])
+def test_threshold_infinity_is_spelled_exactly(tmp_path: Path, spelling: str) -> None:
+    env = {"SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD": spelling}
+    with pytest.raises(ConfigError, match="snapshot_threshold"):
+        load_config(None, env)

@@ -43,9 +43,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 class _Failure(Exception):
     """A command failed with a message for stderr and an exit code."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+    def __init__(self, message: str, code: int = EXIT_FAILURE, error: str = "failed") -> None:
         super().__init__(message)
         self.code = code
+        self.error = error
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -151,9 +152,9 @@ def _call(args: argparse.Namespace, op: str, **fields: Any) -> Any:
         with Client(path, timeout=args.timeout) as client:
             return client.call(op, **fields)
     except ClientError as exc:
-        raise _Failure(f"{exc.code}: {exc.message}") from None
+        raise _Failure(f"{exc.code}: {exc.message}", error=exc.code) from None
     except OSError as exc:
-        raise _Failure(f"cannot reach snapshotd at {path}: {exc}") from None
+        raise _Failure(f"cannot reach snapshotd at {path}: {exc}", error="unavailable") from None
 
 
 def _fmt_skipped(skipped: dict[str, int]) -> str:
@@ -471,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snapshotd", description="Snapshot daemon for event-sourced runs."
     )
     parser.add_argument("--version", action="version", version=f"snapshotd {__version__}")
+    # Accepted before the command too (`snapshotd --json status`); merged in ``_merge_globals``.
+    parser.add_argument("--config", dest="global_config", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--json", dest="global_json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--socket", dest="global_socket", metavar="PATH", help=argparse.SUPPRESS)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML configuration file")
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -573,9 +578,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _merge_globals(args: argparse.Namespace) -> None:
+    """Options given before the command apply unless the command repeats them."""
+    if args.config is None:
+        args.config = args.global_config
+    args.json = args.json or args.global_json
+    if hasattr(args, "socket") and args.socket is None:
+        args.socket = args.global_socket
+
+
+def _json_error(args: argparse.Namespace, code: str, message: str) -> None:
+    """With ``--json`` a failure is also a JSON object on stdout, shaped like a response."""
+    if getattr(args, "json", False):
+        error = {"ok": False, "error": {"code": code, "message": message}}
+        sys.stdout.write(orjson.dumps(error).decode() + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snapshotd`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _merge_globals(args)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -583,12 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = _root_cause(exc)
         if isinstance(cause, _Failure):
             print(f"snapshotd: {cause}", file=sys.stderr)
+            _json_error(args, cause.error, str(cause))
             return cause.code
         if isinstance(cause, ConfigError):
             print(f"snapshotd: configuration error: {cause}", file=sys.stderr)
+            _json_error(args, "config", str(cause))
             return EXIT_USAGE
         if isinstance(cause, SnapshotdError):
             print(f"snapshotd: {cause.code}: {cause.message}", file=sys.stderr)
+            _json_error(args, cause.code, cause.message)
             return EXIT_FAILURE
         if isinstance(cause, KeyboardInterrupt):
             return 130

@@ -75,7 +75,7 @@ def _positive_int(value: Any) -> int:
 
 
 def _threshold(value: Any) -> int | None:
-    if isinstance(value, str) and value.lower() == "infinity":
+    if value == "infinity":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid('must be a positive integer or "infinity"')
@@ -251,6 +251,10 @@ def _check(keys: Mapping[str, _Key], where: str, key: str, value: Any, source: s
         raise ConfigError(f"{where}.{key}{source}: {exc}") from None
 
 
+NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS"})
+"""``SNAPSHOTD_*`` variables that are not configuration keys (see docs/operations.md)."""
+
+
 def _apply_env(
     env: Mapping[str, str],
     socket: dict[str, Any],
@@ -264,6 +268,13 @@ def _apply_env(
             spec = _SOCKET_KEYS.get(key)
             value = spec.from_env(env[var]) if spec is not None else env[var]
             socket[key] = _check(_SOCKET_KEYS, "socket", key, value, f" (from {var})")
+            continue
+        if not upper.startswith(("SNAPSHOTD_INSTANCES", "SNAPSHOTD_WORKFLOWS")):
+            if upper.startswith("SNAPSHOTD_") and upper not in NON_CONFIG_ENV:
+                raise ConfigError(
+                    f"{var}: unknown setting (expected SNAPSHOTD_SOCKET_<KEY>, "
+                    "SNAPSHOTD_INSTANCES__<NAME>__<KEY> or SNAPSHOTD_WORKFLOWS__<NAME>__<KEY>)"
+                )
             continue
         for kind in ("instances", "workflows"):
             prefix = f"SNAPSHOTD_{kind.upper()}"

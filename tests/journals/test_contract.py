@@ -286,6 +286,16 @@ async def test_snapshot_lease_checks(journal: Journal) -> None:
     assert len(await journal.list_snapshots("run-1")) == 2
 
 
+async def test_a_run_without_lease_accepts_any_snapshot_lease(journal: Journal) -> None:
+    await make_run(journal, events=2)
+    events = await journal.read_events("run-1", 0)
+    await journal.write_snapshot(snap("run-1", events[:1]), lease="anyone")
+    await journal.set_lease("run-1", "owner")
+    await journal.set_lease("run-1", None)
+    await journal.write_snapshot(snap("run-1", events[:2]), lease="someone-else")
+    assert len(await journal.list_snapshots("run-1")) == 2
+
+
 async def test_snapshot_of_unknown_run(journal: Journal) -> None:
     event = Event(1, "step", {}, T0)
     with pytest.raises(NotFound):

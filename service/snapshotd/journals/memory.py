@@ -130,7 +130,7 @@ class MemoryJournal:
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
         state = self._state(meta.run_id)
-        if lease is not None and lease != state.run.lease:
+        if lease is not None and state.run.lease is not None and lease != state.run.lease:
             raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
         if meta.kind != "safety":
             for other in state.snapshots.values():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -73,7 +73,9 @@ def _wrap_errors(where: str) -> Iterator[None]:
         if mapped is not None:
             raise mapped(str(exc)) from None
         raise Unavailable(f"{where}: SQLSTATE {exc.sqlstate}: {exc}") from None
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+        # InternalClientError: a connection killed mid-operation can leave asyncpg's
+        # protocol state behind ("another operation is in progress"); a retry works.
         raise Unavailable(f"{where}: {type(exc).__name__}: {exc}") from None
 
 
@@ -116,8 +118,9 @@ class _Queries:
         self.try_run_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
         self.run_lease = f"SELECT lease FROM {s}.runs WHERE run_id = $1"
         self.latest_progress = (
-            f"SELECT max(through_seq) FROM {s}.snapshots "
-            "WHERE run_id = $1 AND version = $2 AND kind IN ('auto', 'manual')"
+            f"SELECT through_seq, created_at FROM {s}.snapshots "
+            "WHERE run_id = $1 AND version = $2 AND kind IN ('auto', 'manual') "
+            "ORDER BY through_seq DESC LIMIT 1"
         )
         self.insert_snapshot = (
             f"INSERT INTO {s}.snapshots ({meta_cols}, payload) "
@@ -183,6 +186,9 @@ def _meta(row: asyncpg.Record) -> SnapshotMeta:
 def _event(obj: Any) -> Event:
     return Event(obj["seq"], obj["type"], obj["data"], datetime.fromisoformat(obj["recorded_at"]))
 
+
+_TICK = timedelta(microseconds=1)
+"""The resolution of timestamptz: the smallest step that keeps created_at increasing."""
 
 _DECODE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError)
 
@@ -407,8 +413,15 @@ class PostgresJournal:
         return Snapshot(_meta(row), row["payload"])
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
-        """One transaction holding the run's advisory xact lock (key in docs/postgres.md)."""
+        """One transaction holding the run's advisory xact lock (key in docs/postgres.md).
+
+        ``created_at`` is stored just above the newest auto/manual snapshot's when it
+        is not already later: daemons on other hosts (other clocks, attempts started
+        earlier but written later) must not make ``created_at`` order disagree with
+        ``through_seq`` order.
+        """
         m = snapshot.meta
+        created_at = m.created_at
         with self._errors("write_snapshot"):
             async with self._p.acquire() as conn, conn.transaction():
                 key = self._target.lock_key(f"run:{m.run_id}")
@@ -417,14 +430,18 @@ class PostgresJournal:
                 lease_row = await conn.fetchrow(self._q.run_lease, m.run_id)
                 if lease_row is None:
                     raise NotFound(f"run {m.run_id!r} not found")
-                if lease is not None and lease != lease_row["lease"]:
+                current = lease_row["lease"]
+                if lease is not None and current is not None and lease != current:
                     raise StaleLease(f"run {m.run_id!r} is leased to another owner")
                 if m.kind != "safety":
-                    latest = await conn.fetchval(self._q.latest_progress, m.run_id, m.version)
-                    if latest is not None and latest >= m.through_seq:
-                        raise Superseded(
-                            f"run {m.run_id!r} already has a snapshot through seq {latest}"
-                        )
+                    latest = await conn.fetchrow(self._q.latest_progress, m.run_id, m.version)
+                    if latest is not None:
+                        if latest["through_seq"] >= m.through_seq:
+                            raise Superseded(
+                                f"run {m.run_id!r} already has a snapshot through seq "
+                                f"{latest['through_seq']}"
+                            )
+                        created_at = max(created_at, latest["created_at"] + _TICK)
                 try:
                     await conn.execute(
                         self._q.insert_snapshot,
@@ -438,7 +455,7 @@ class PostgresJournal:
                         m.checksum,
                         m.kind,
                         m.pinned,
-                        m.created_at,
+                        created_at,
                         m.expires_at,
                         snapshot.payload,
                     )
