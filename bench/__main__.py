@@ -64,15 +64,17 @@ METHOD = """
   would, and is what the eventsourcing comparison uses.
 - **snapshot cost**: `snapshot_now` (force) 100 events past the previous snapshot, on
   the 1,000-event run and on the largest run, request to reply.
-- **fire-and-forget**: N `snapshot` requests without id over 1,000 run ids, then a
-  `ping` with id on the same connection; its reply (replies are in order) marks
-  the end. 8 connections: N/8 each, in parallel.
-- **latency**: `snapshot` requests with ids paced at 10,000/s from one thread; each
-  latency is measured from the request's scheduled send time to its reply.
+- **fire-and-forget**: N `snapshot` requests without id over 100 runs of the `bench`
+  workflow (their attempts end as `disabled`, without writes), then a `ping` with id
+  on the same connection; its reply (replies are in order) marks the end.
+  8 connections: N/8 each, in parallel.
+- **latency**: `snapshot` requests with ids (same runs) paced at 10,000/s from one
+  thread; each latency runs from the request's scheduled send time to its reply.
 - **flood**: a fresh daemon with `queue_capacity` 100 and runs of 20 events
-  (threshold 1), flooded with fire-and-forget `snapshot` requests on one connection
-  while a second connection polls `status` every 0.1 s; attempts/s is the growth of
-  `taken` + `skipped` between the polls; peak RSS is the daemon's VmHWM.
+  (threshold 100, so each attempt reads the run and skips as `below_threshold`),
+  flooded with fire-and-forget `snapshot` requests on one connection while a second
+  connection polls `status` every 0.1 s; attempts/s is the growth of `taken` +
+  `skipped` between polls; peak RSS is the daemon's VmHWM.
 - **eventsourcing**: its `Application` with the PostgreSQL recorder on a fresh
   database and an aggregate with the same events (saved in batches of 500).
   `take_snapshot` with no earlier snapshot replays the whole history (the SPEC's

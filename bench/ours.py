@@ -219,10 +219,23 @@ def _snapshot_costs(
 # --- fire-and-forget intake and round-trip latency ------------------------------------
 
 
+HINT_RUNS = 100
+
+
+def create_hint_runs(socket_path: str) -> None:
+    """The runs that intake and latency requests name: real runs of the ``bench``
+    workflow, whose attempts end quickly as ``disabled`` (automatic snapshots off),
+    so the figures show the request path rather than snapshot writes."""
+    with Connection(socket_path) as conn:
+        for i in range(HINT_RUNS):
+            create_run(conn, "fs", f"hint-{i}")
+
+
 def _snapshot_hints(count: int, offset: int = 0) -> bytes:
-    """``count`` fire-and-forget snapshot requests over 1,000 run ids, pre-encoded."""
+    """``count`` fire-and-forget snapshot requests over the hint runs, pre-encoded."""
     return b"".join(
-        encode("snapshot", instance="fs", run=f"ff-{(offset + i) % 1000}") for i in range(count)
+        encode("snapshot", instance="fs", run=f"hint-{(offset + i) % HINT_RUNS}")
+        for i in range(count)
     )
 
 
@@ -234,6 +247,7 @@ def _flood(path: str, payload: bytes) -> None:
 
 def bench_fire_and_forget(socket_path: str, plan: Plan) -> Figures:
     """Requests accepted per second: send N hints, then wait for a ping behind them."""
+    create_hint_runs(socket_path)
     one = _snapshot_hints(plan.ff_requests)
     per_conn = plan.ff_requests // 8
     eight = [_snapshot_hints(per_conn, offset=k * per_conn) for k in range(8)]
@@ -265,7 +279,9 @@ def _paced_round_trips(path: str, per_second: int, seconds: float) -> list[float
     each reply's latency (s), measured from the request's scheduled send time."""
     total = int(per_second * seconds)
     interval = 1.0 / per_second
-    lines = [encode("snapshot", i, instance="fs", run=f"lat-{i % 1000}") for i in range(total)]
+    lines = [
+        encode("snapshot", i, instance="fs", run=f"hint-{i % HINT_RUNS}") for i in range(total)
+    ]
     latencies = [0.0] * total
     # Blocking sends (a line rarely fills the buffer); recv only once select says so.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -303,6 +319,7 @@ def _paced_round_trips(path: str, per_second: int, seconds: float) -> list[float
 
 
 def bench_latency(socket_path: str, plan: Plan) -> Figures:
+    create_hint_runs(socket_path)
     p50: list[float] = []
     p99: list[float] = []
     with Connection(socket_path) as conn:
@@ -329,14 +346,14 @@ def _completed(status: dict[str, Any]) -> int:
 
 def flood_once(workdir: Path, plan: Plan) -> dict[str, float]:
     """A fresh daemon with a small queue, flooded with ``snapshot`` requests over
-    ``flood_runs`` runs of 20 events (threshold 1: the first attempt per run takes
-    a snapshot, later ones skip), polling ``status`` on a second connection."""
+    ``flood_runs`` runs of 20 events (threshold 100: each attempt reads the run and
+    skips as ``below_threshold``), polling ``status`` on a second connection."""
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path = str(workdir / "flood.sock")
     config = render_config(
         socket_path,
         {"fs": {"journal": f"fs:{workdir / 'data'}", "queue_capacity": plan.flood_queue}},
-        bench={"reducer": "last_by_key", "snapshot_threshold": 1},
+        bench={"reducer": "last_by_key", "snapshot_threshold": 100},
     )
     with Daemon(workdir, config, socket_path) as daemon, daemon.connect() as conn:
         for r in range(plan.flood_runs):

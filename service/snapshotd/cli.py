@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from snapshotd.api.server import BoundSocket
     from snapshotd.config import Config
 
-DRAIN_S = 8.0
-"""Budget for a graceful stop after SIGTERM (SPEC: exit within 10 s)."""
+DRAIN_S = 6.0
+"""Budget for a graceful stop after SIGTERM: with at most 3 s of telemetry flush after it,
+the daemon exits within the SPEC's 10 s."""
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

@@ -175,6 +175,11 @@ async def test_leases(served: Served) -> None:
         assert await client.call("set_lease", run="l", lease="b", expected="a") == {}
         assert await client.call("set_lease", run="l", lease=None) == {}
         assert await client.call("append", run="l", events=event, expected_seq=1) == {"last_seq": 2}
+        # a run without a lease accepts any request
+        taken = await client.call("snapshot_now", run="l", force=True, lease="zzz")
+        assert taken["status"] == "taken"
+        assert await client.call("set_lease", run="l", lease="c") == {}
+        await client.call("append", run="l", events=event, lease="c")
         skipped = await client.call("snapshot_now", run="l", force=True, lease="zzz")
         assert skipped == {"status": "skipped", "reason": "stale_lease"}
 

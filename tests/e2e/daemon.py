@@ -134,8 +134,8 @@ def read_line(sock: socket.socket, buffer: bytearray) -> bytes:
     return line
 
 
-def pg_config(root: Path, journal: str, policy: str = "") -> str:
-    """A config whose ``default`` instance uses ``journal`` (a postgresql:// URL with
+def instance_config(root: Path, journal: str, policy: str = "") -> str:
+    """A config whose only instance, ``default``, uses ``journal`` (for PostgreSQL a URL with
     ``?schema=``), with ``policy`` lines added to that instance."""
     return (
         f'[socket]\npath = "{root / "s.sock"}"\n\n'

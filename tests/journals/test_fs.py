@@ -220,8 +220,12 @@ async def test_damaged_run_record_and_snapshot_metadata(fs: FsJournal, root: Pat
     fs = await reopen(fs, root)
     with pytest.raises(Corrupt, match=re.escape(str(run_json))):
         await fs.get_run("a")
-    with pytest.raises(Corrupt, match=re.escape(str(snap_file))):
-        await fs.list_snapshots("b")
+    # The damaged snapshot is set aside, not the run: never listed, named for verify.
+    assert await fs.list_snapshots("b") == []
+    damaged = await fs.damaged_snapshots("b")
+    assert list(damaged) == [made.meta.snapshot_id]
+    assert str(snap_file) in damaged[made.meta.snapshot_id]
+    assert [e.seq for e in await fs.read_events("b", 0)] == [1, 2]
     await fs.aclose()
 
 

@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -344,6 +345,21 @@ async def test_competing_daemons_never_move_through_seq_backwards(
         await second.write_snapshot(_snapshot("r", 1, kind="safety"), lease=None)
     finally:
         await second.aclose()
+
+
+async def test_created_at_order_follows_through_seq(journal: PostgresJournal) -> None:
+    """A writer whose clock is behind (another host, or an attempt that started before
+    the one it follows) still stores a created_at after the snapshot it supersedes."""
+    await journal.create_run("r", "w", "v1", None, T0)
+    first = _snapshot("r", 5)
+    await journal.write_snapshot(first, lease=None)
+    late = _snapshot("r", 9)
+    earlier = first.meta.created_at - timedelta(hours=1)
+    behind = Snapshot(replace(late.meta, created_at=earlier), late.payload)
+    await journal.write_snapshot(behind, lease=None)
+    stored = await journal.list_snapshots("r")
+    assert [m.through_seq for m in stored] == [9, 5]
+    assert stored[0].created_at == first.meta.created_at + timedelta(microseconds=1)
 
 
 async def test_hundred_thousand_events_round_trip(journal: PostgresJournal) -> None:

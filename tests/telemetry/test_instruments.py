@@ -51,10 +51,9 @@ def values(metric: Metric) -> dict[tuple[tuple[str, Any], ...], Any]:
 def record_everything(instance: str) -> None:
     tel = instance_telemetry(instance)
     tel.watch_queue_depth(lambda: 7)
+    tel.watch_requests(dropped=lambda: 1, coalesced=lambda: 1)
     tel.received("snapshot")
     tel.rejected("bad_request")
-    tel.dropped()
-    tel.coalesced()
     tel.restarted()
     tel.lag(42)
     tel.pruned(2)
@@ -140,13 +139,12 @@ def test_a_lost_attempt_counts_as_an_internal_skip(otel: Captured) -> None:
 
 def test_dropped_and_coalesced_are_running_totals(otel: Captured) -> None:
     tel = instance_telemetry("kappa")
-    for _ in range(3):
-        tel.dropped()
-    tel.coalesced()
+    totals = {"dropped": 3, "coalesced": 1}
+    tel.watch_requests(dropped=lambda: totals["dropped"], coalesced=lambda: totals["coalesced"])
     found = otel.metrics()
     assert values(found["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 3
     assert values(found["snapshotd.requests.coalesced"])[(("instance", "kappa"),)] == 1
-    tel.dropped()
+    totals["dropped"] += 1
     # The delta reader sees only what happened since its last collection.
     assert values(otel.metrics()["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 1
 

@@ -208,3 +208,17 @@ class WatchesAppends(Protocol):
         cancellation.
         """
         ...
+
+
+@runtime_checkable
+class HoldsDamagedSnapshots(Protocol):
+    """A journal that can hold snapshots too damaged to list (fs: a file whose
+    metadata line does not decode; PostgreSQL metadata are columns, so never).
+
+    Such snapshots are left out of ``list_snapshots``, so they are never a base and
+    never pruned; the runtime reports them (audit event, log, ``verify``'s ``corrupt``).
+    """
+
+    async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
+        """The run's unlistable snapshots: snapshot id -> what is wrong. Raises NotFound."""
+        ...

@@ -162,6 +162,8 @@ class _RunFiles:
     run: Run
     events: JsonlLog
     snapshots: dict[str, SnapshotMeta]
+    damaged: dict[str, str]
+    """Snapshot files whose metadata does not decode: id -> why. Never listed."""
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
@@ -172,7 +174,7 @@ class _RunFiles:
         return os.path.join(self.snapshot_dir, snapshot_id + _SNAP_SUFFIX)
 
 
-_Loaded = tuple[str, Run, JsonlLog, dict[str, SnapshotMeta]]
+_Loaded = tuple[str, Run, JsonlLog, dict[str, SnapshotMeta], dict[str, str]]
 
 
 class FsJournal:
@@ -352,10 +354,19 @@ class FsJournal:
         run = _parse_run(path, raw, run_id)
         events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
         events.load()
-        return directory, run, events, self._scan_snapshots(directory, run_id)
+        return directory, run, events, *self._scan_snapshots(directory, run_id)
 
-    def _scan_snapshots(self, directory: str, run_id: str) -> dict[str, SnapshotMeta]:
+    def _scan_snapshots(
+        self, directory: str, run_id: str
+    ) -> tuple[dict[str, SnapshotMeta], dict[str, str]]:
+        """Metadata of every snapshot file, and the files whose metadata does not decode.
+
+        A damaged file must not make the whole run unusable (its events, the other
+        snapshots): it is set aside, never listed, so never a base nor pruned, and
+        ``damaged_snapshots`` names it for ``verify`` and the audit log.
+        """
         found: dict[str, SnapshotMeta] = {}
+        damaged: dict[str, str] = {}
         snapshot_dir = os.path.join(directory, "snapshots")
         if not os.path.isdir(snapshot_dir):
             raise Corrupt(f"{snapshot_dir}: missing")
@@ -367,8 +378,11 @@ class FsJournal:
                 with open(entry.path, "rb") as file:
                     head = file.readline()
                 snapshot_id = name[: -len(_SNAP_SUFFIX)]
-                found[snapshot_id] = _parse_meta(entry.path, head, run_id, snapshot_id)
-        return found
+                try:
+                    found[snapshot_id] = _parse_meta(entry.path, head, run_id, snapshot_id)
+                except Corrupt as exc:
+                    damaged[snapshot_id] = str(exc)
+        return found, damaged
 
     async def create_run(
         self, run_id: str, workflow: str, version: str, lease: str | None, now: datetime
@@ -408,7 +422,8 @@ class FsJournal:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(self._runs_dir)
-        return directory, run, JsonlLog(os.path.join(directory, "events.jsonl"), "seq"), {}
+        events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
+        return directory, run, events, {}, {}
 
     async def get_run(self, run_id: str) -> Run | None:
         try:
@@ -490,6 +505,10 @@ class FsJournal:
         files = await self._files(run_id)
         return newest_first(files.snapshots.values())
 
+    async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
+        files = await self._files(run_id)
+        return dict(files.damaged)
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
         files = await self._files(run_id)
         if snapshot_id not in files.snapshots:
@@ -514,7 +533,7 @@ class FsJournal:
             raise BadRequest(f"snapshot id {meta.snapshot_id!r} is not a UUID")
         files = await self._files(meta.run_id)
         async with files.lock:
-            if lease is not None and lease != files.run.lease:
+            if lease is not None and files.run.lease is not None and lease != files.run.lease:
                 raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
             if meta.kind != "safety":
                 for other in files.snapshots.values():

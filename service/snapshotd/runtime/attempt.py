@@ -37,6 +37,7 @@ from snapshotd.runtime.recovery import (
     compatible,
     drop_known_corrupt,
     newest_valid,
+    report_damaged,
 )
 from snapshotd.telemetry.instruments import InstanceTelemetry
 
@@ -160,6 +161,7 @@ async def _attempt(
         if reason is not None:
             return Outcome(reason, lag=progress.lag)
 
+    await report_damaged(journal, run_id, ctx.reporter)
     base = await newest_valid(journal, run, candidates, ctx.reporter)
     base_meta = None if base is None else base.meta
     if (base_meta and base_meta.snapshot_id) != (newest and newest.snapshot_id):
@@ -205,9 +207,15 @@ def _decide(
 
 
 async def _retain(ctx: AttemptContext, run: Run, policy: Policy, now: datetime) -> None:
-    """Apply retention after a write; a failure here does not undo the snapshot taken."""
+    """Apply retention after a write; a failure here does not undo the snapshot taken.
+
+    Snapshots known to be damaged neither count towards ``keep_snapshots`` (they must
+    not push out an intact one) nor get deleted (kept for inspection).
+    """
     try:
-        metas = await ctx.journal.list_snapshots(run.run_id)
+        metas = drop_known_corrupt(
+            run.run_id, await ctx.journal.list_snapshots(run.run_id), ctx.reporter
+        )
         doomed = prune(metas, current_version=run.version, keep=policy.keep_snapshots, now=now)
         if not doomed:
             return

@@ -31,6 +31,7 @@ from snapshotd.runtime.recovery import (
     compatible,
     drop_known_corrupt,
     newest_valid,
+    report_damaged,
     state_fragment,
 )
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
@@ -39,6 +40,11 @@ _log = structlog.get_logger("snapshotd.instance")
 
 SILENT_REASONS = frozenset({"below_threshold", "no_events", "disabled"})
 """Outcomes of internal triggers that are routine checks: not counted, not logged."""
+
+UNAUDITED_REASONS = SILENT_REASONS | {"no_run"}
+"""Skips kept out of the audit log (still counted, logged and traced): routine checks,
+and requests naming a run the journal does not have. Any client can send those at
+will; auditing them would let a flood of typos grow the durable log, one write each."""
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -104,6 +110,9 @@ class Instance:
         self.in_flight: Job | None = None
         self._sweep_wanted: anyio.Event | None = None
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
+        self.telemetry.watch_requests(
+            dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
+        )
 
     # --- policies -------------------------------------------------------------------
 
@@ -131,14 +140,16 @@ class Instance:
     # --- intake ---------------------------------------------------------------------
 
     def request_snapshot(self, run_id: str, lease: str | None) -> Offer:
-        """A ``snapshot`` request: queue it; never blocks. Counts dropped/coalesced."""
+        """A ``snapshot`` request: queue it; never blocks. Counts dropped/coalesced.
+
+        The hot path of a flood: the counts are plain ints, which the telemetry
+        reads at export time.
+        """
         status = self.mailbox.offer(run_id, lease)
         if status == "coalesced":
             self.coalesced += 1
-            self.telemetry.coalesced()
         elif status == "dropped":
             self.dropped += 1
-            self.telemetry.dropped()
         return status
 
     def trigger(self, run_id: str) -> None:
@@ -240,7 +251,7 @@ class Instance:
             error=outcome.error,
             through_seq=outcome.through_seq,
         )
-        if reason not in SILENT_REASONS:
+        if reason not in UNAUDITED_REASONS:
             fields: dict[str, Any] = {"run_id": run_id, "reason": reason}
             if outcome.error is not None:
                 fields["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
@@ -270,6 +281,7 @@ class Instance:
         start = after_seq or 0
         if after_seq is None:
             metas = compatible(run, await self.journal.list_snapshots(run_id))
+            await report_damaged(self.journal, run_id, self.reporter)
             candidates = drop_known_corrupt(run_id, metas, self.reporter)
             snapshot = await newest_valid(self.journal, run, candidates, self.reporter)
             start = 0 if snapshot is None else snapshot.meta.through_seq
@@ -306,8 +318,8 @@ class Instance:
         run = await self.journal.get_run(run_id)
         if run is None:
             raise NotFound(f"run {run_id!r} not found")
-        checked = 0
-        corrupt: list[str] = []
+        corrupt = await report_damaged(self.journal, run_id, self.reporter)
+        checked = len(corrupt)
         current: list[tuple[int, str, Any]] = []
         for meta in await self.journal.list_snapshots(run_id):
             try:

@@ -17,7 +17,7 @@ import structlog
 from snapshotd.domain import compaction
 from snapshotd.domain.errors import Corrupt, NotFound
 from snapshotd.domain.model import Run, Snapshot, SnapshotMeta
-from snapshotd.journals.base import Journal
+from snapshotd.journals.base import HoldsDamagedSnapshots, Journal
 
 _log = structlog.get_logger("snapshotd.recovery")
 
@@ -87,6 +87,20 @@ async def newest_valid(
             continue
         return snapshot
     return None
+
+
+async def report_damaged(journal: Journal, run_id: str, reporter: CorruptionReporter) -> list[str]:
+    """Report the run's snapshots too damaged to be listed; returns their ids.
+
+    Only some journals can hold such snapshots (``HoldsDamagedSnapshots``); they
+    never reach ``list_snapshots``, so this is where their damage surfaces.
+    """
+    if not isinstance(journal, HoldsDamagedSnapshots):
+        return []
+    damaged = await journal.damaged_snapshots(run_id)
+    for snapshot_id, why in damaged.items():
+        await reporter.report(run_id, snapshot_id, Corrupt(why))
+    return list(damaged)
 
 
 def drop_known_corrupt(

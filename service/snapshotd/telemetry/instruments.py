@@ -6,7 +6,6 @@ whatever meter provider start-up installs (none: they record nothing).
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,57 +106,56 @@ HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
     "snapshotd.run.lag": COUNT_BUCKETS,
 }
 
+# Plain-value sources read at export time, per instance. Their callbacks run on
+# the exporter's thread: a source must only read plain values (a length, an int),
+# never await or touch the event loop.
 _depth_sources: dict[str, Callable[[], int]] = {}
+_dropped_sources: dict[str, Callable[[], int]] = {}
+_coalesced_sources: dict[str, Callable[[], int]] = {}
 
 
-def _observe_depth(_options: CallbackOptions) -> Iterable[Observation]:
-    # Runs on the exporter's thread: the readers must only read plain values
-    # (a length, an int), never await or touch the event loop.
-    observations = []
-    for name, read in list(_depth_sources.items()):
-        try:
-            depth = int(read())
-        except Exception:  # noqa: BLE001 - one broken source must not hide the others
-            continue
-        observations.append(Observation(depth, {"instance": name}))
-    return observations
+def _observe(
+    sources: dict[str, Callable[[], int]],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for name, read in list(sources.items()):
+            try:
+                value = int(read())
+            except Exception:  # noqa: BLE001 - one broken source must not hide the others
+                continue
+            observations.append(Observation(value, {"instance": name}))
+        return observations
+
+    return observe
 
 
 _meter.create_observable_gauge(
     "snapshotd.queue.depth",
-    callbacks=[_observe_depth],
+    callbacks=[_observe(_depth_sources)],
     unit="{request}",
     description="Snapshot requests waiting in the instance's queue.",
 )
 
 # Dropped and coalesced are counted once per fire-and-forget request, the hottest
-# path (a flood is mostly drops): a plain int increment here, read at export time
-# by an observable counter (exported exactly like a counter: a monotonic sum).
-_dropped: collections.Counter[str] = collections.Counter()
-_coalesced: collections.Counter[str] = collections.Counter()
-
-
-def _observe_totals(
-    totals: collections.Counter[str],
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    def observe(_options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(n, {"instance": name}) for name, n in list(totals.items())]
-
-    return observe
-
-
+# path (a flood is mostly drops): the instance keeps them as plain ints, read at
+# export time by observable counters (exported exactly like counters: monotonic sums).
 DROPPED = _meter.create_observable_counter(
     "snapshotd.requests.dropped",
-    callbacks=[_observe_totals(_dropped)],
+    callbacks=[_observe(_dropped_sources)],
     unit="{request}",
     description="Snapshot requests dropped because the queue was full.",
 )
 COALESCED = _meter.create_observable_counter(
     "snapshotd.requests.coalesced",
-    callbacks=[_observe_totals(_coalesced)],
+    callbacks=[_observe(_coalesced_sources)],
     unit="{request}",
     description="Snapshot requests merged into one already pending for the run.",
 )
+
+
+def _zero() -> int:
+    return 0
 
 
 def rejected(code: str, instance: str = "-") -> None:
@@ -172,9 +170,8 @@ class SnapshotSpan:
     span: Span
 
     def set(self, **attributes: Any) -> None:
-        """Set span attributes under the ``snapshotd.`` namespace."""
-        for key, value in attributes.items():
-            self.span.set_attribute(f"snapshotd.{key}", value)
+        """Set span attributes under the ``snapshotd.`` namespace (one call: one span lock)."""
+        self.span.set_attributes({f"snapshotd.{key}": value for key, value in attributes.items()})
 
     def trace_id(self) -> str | None:
         """The trace id as 32 hex digits, or None when tracing is not set up."""
@@ -190,34 +187,47 @@ class InstanceTelemetry:
 
     def __post_init__(self) -> None:
         self._attrs = {"instance": self.instance}
+        # Attribute sets built once: each attempt records with them.
+        self._taken_attrs: dict[str, dict[str, str]] = {
+            k: {"instance": self.instance, "kind": k} for k in SNAPSHOT_KINDS
+        }
+        self._skipped_attrs: dict[str, dict[str, str]] = {
+            r: {"instance": self.instance, "reason": r} for r in SKIP_REASONS
+        }
+        self._outcome_attrs = {
+            o: {"instance": self.instance, "outcome": o} for o in ("taken", "skipped")
+        }
         # Zero series from the start: alerts on rate/increase need a series before the first event.
-        _dropped[self.instance] += 0
-        _coalesced[self.instance] += 0
+        self.watch_requests(dropped=_zero, coalesced=_zero)
         for counter in (RESTARTS, PRUNED):
             counter.add(0, self._attrs)
-        for kind in SNAPSHOT_KINDS:
-            TAKEN.add(0, {"instance": self.instance, "kind": kind})
-        for reason in SKIP_REASONS:
-            SKIPPED.add(0, {"instance": self.instance, "reason": reason})
+        for attrs in self._taken_attrs.values():
+            TAKEN.add(0, attrs)
+        for attrs in self._skipped_attrs.values():
+            SKIPPED.add(0, attrs)
 
     def watch_queue_depth(self, read: Callable[[], int]) -> None:
         """Report ``read()`` as queue depth. Runs on the exporter thread: plain reads only."""
         _depth_sources[self.instance] = read
 
+    def watch_requests(self, *, dropped: Callable[[], int], coalesced: Callable[[], int]) -> None:
+        """Report the running totals of dropped and coalesced ``snapshot`` requests.
+
+        The caller counts them in plain ints (no per-request telemetry call); the
+        readers run on the exporter thread at collection: plain reads only.
+        """
+        _dropped_sources[self.instance] = dropped
+        _coalesced_sources[self.instance] = coalesced
+
     def forget(self) -> None:
-        _depth_sources.pop(self.instance, None)
+        for sources in (_depth_sources, _dropped_sources, _coalesced_sources):
+            sources.pop(self.instance, None)
 
     def received(self, op: str) -> None:
         RECEIVED.add(1, {"instance": self.instance, "op": op})
 
     def rejected(self, code: str) -> None:
         rejected(code, self.instance)
-
-    def dropped(self) -> None:
-        _dropped[self.instance] += 1
-
-    def coalesced(self) -> None:
-        _coalesced[self.instance] += 1
 
     def restarted(self) -> None:
         RESTARTS.add(1, self._attrs)
@@ -264,8 +274,8 @@ class InstanceTelemetry:
         events_folded: int,
         duration_s: float,
     ) -> None:
-        TAKEN.add(1, {"instance": self.instance, "kind": kind})
-        DURATION.record(duration_s, {"instance": self.instance, "outcome": "taken"})
+        TAKEN.add(1, self._taken_attrs[kind])
+        DURATION.record(duration_s, self._outcome_attrs["taken"])
         SIZE.record(size_bytes, self._attrs)
         EVENTS.record(events_folded, self._attrs)
         span.set(through_seq=through_seq, outcome="taken")
@@ -292,11 +302,12 @@ class InstanceTelemetry:
         error: BaseException | None = None,
         through_seq: int | None = None,
     ) -> None:
-        SKIPPED.add(1, {"instance": self.instance, "reason": reason})
-        DURATION.record(duration_s, {"instance": self.instance, "outcome": "skipped"})
-        span.set(outcome="skipped", reason=reason)
-        if through_seq is not None:
-            span.set(through_seq=through_seq)
+        SKIPPED.add(1, self._skipped_attrs[reason])
+        DURATION.record(duration_s, self._outcome_attrs["skipped"])
+        if through_seq is None:
+            span.set(outcome="skipped", reason=reason)
+        else:
+            span.set(outcome="skipped", reason=reason, through_seq=through_seq)
         if error is not None:
             span.span.record_exception(error)
             span.span.set_status(Status(StatusCode.ERROR, str(error)))

@@ -13,6 +13,7 @@ event loop or unbounded memory.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricReader,
@@ -44,6 +45,7 @@ DEFAULT_METRIC_INTERVAL_MS = 60_000
 # The exporters' own default is 10 s per export, retries included; a sidecar should give up sooner.
 DEFAULT_EXPORT_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 3.0
+BATCH_PROCESSOR_LOGGER = "opentelemetry.sdk._shared_internal"
 
 _install_lock = threading.Lock()
 _installed = False
@@ -146,6 +148,18 @@ def histogram_views() -> list[View]:
     ]
 
 
+def exemplar_filter(env: Mapping[str, str]) -> ExemplarFilter | None:
+    """Exemplars off unless ``OTEL_METRICS_EXEMPLAR_FILTER`` asks (None: the SDK reads it).
+
+    The SDK's default (``trace_based``) offers every measurement taken inside a
+    span to a reservoir; each snapshot attempt records three inside its span, and
+    that doubled their cost.
+    """
+    if env.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip():
+        return None
+    return AlwaysOffExemplarFilter()
+
+
 def build_providers(
     resource: Resource,
     *,
@@ -157,6 +171,7 @@ def build_providers(
         resource=resource,
         metric_readers=list(metric_readers),
         views=histogram_views(),
+        exemplar_filter=exemplar_filter(os.environ),
         shutdown_on_exit=False,
     )
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -254,6 +269,10 @@ def setup_telemetry(service_version: str) -> Callable[[], None]:
         )
     processors: list[SpanProcessor] = []
     if settings.traces_endpoint is not None:
+        # While its queue is full (collector down or slow) the batch processor warns
+        # once per dropped span, i.e. once per snapshot attempt: it filters repeats,
+        # but only after building each record. The exporter still logs its failures.
+        logging.getLogger(BATCH_PROCESSOR_LOGGER).setLevel(logging.ERROR)
         processors.append(
             # Its queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, default 2048): beyond it spans drop.
             BatchSpanProcessor(_span_exporter(settings, settings.traces_endpoint))
