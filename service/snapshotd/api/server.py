@@ -46,9 +46,10 @@ _log = structlog.get_logger("snapshotd.api")
 RECEIVE_BYTES = 256 * 1024
 FLUSH_BYTES = 1024 * 1024
 PROBE_TIMEOUT_S = 1.0
-SLICE_S = 0.0005
+SLICE_S = 0.00025
+"""Longest run of reader work between yields: at ~1.5 us a line, about 170 lines."""
 CLOCK_EVERY_LINES = 32
-"""The clock is read once per this many lines (a read costs about as much as a line)."""
+"""The slice is checked once per this many lines (~50 us), so the clock costs next to nothing."""
 _PEERCRED = struct.Struct("3i")
 
 
