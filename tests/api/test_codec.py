@@ -181,3 +181,19 @@ def test_random_bytes_never_raise_anything_but_frame_errors(raw: bytes) -> None:
         assert exc.code == "bad_request"
     else:
         assert type(req["op"]) is str
+
+
+@pytest.mark.parametrize(
+    ("line", "instance"),
+    [
+        (b"not json", "-"),
+        (b'{"op": 1, "instance": 5}', "-"),
+        (b'{"op": 1}', "default"),
+        (b'{"op": 1, "instance": "zz"}', "zz"),
+        (b'{"op": "append", "instance": "b", "data": 99999999999999999999}', "b"),
+    ],
+)
+def test_frame_errors_name_the_instance_when_it_could_be_read(line: bytes, instance: str) -> None:
+    with pytest.raises(codec.FrameError) as info:
+        codec.parse(line)
+    assert info.value.instance == instance

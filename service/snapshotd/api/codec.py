@@ -32,13 +32,22 @@ class FrameError(BadRequest):
     """A line that cannot be handled as a request.
 
     ``request_id`` is the id that could be read; ``answer`` is False only for a
-    readable object without an id (fire-and-forget: no response is sent).
+    readable object without an id (fire-and-forget: no response is sent);
+    ``instance`` is the request's instance when it could be read, else ``-``.
     """
 
-    def __init__(self, message: str, request_id: RequestId = None, *, answer: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        request_id: RequestId = None,
+        *,
+        answer: bool = True,
+        instance: str = "-",
+    ) -> None:
         super().__init__(message)
         self.request_id = request_id
         self.answer = answer
+        self.instance = instance
 
 
 def parse(line: bytes) -> dict[str, Any]:
@@ -60,9 +69,10 @@ def parse(line: bytes) -> dict[str, Any]:
         raise FrameError("id must be a string, an integer or null")
     answer = request_id is not None
     op = obj.get("op")
-    if type(op) is not str:
-        raise FrameError("op must be a string", request_id, answer=answer)
     instance = obj.get("instance")
+    if type(op) is not str:
+        readable = instance if type(instance) is str else "default" if instance is None else "-"
+        raise FrameError("op must be a string", request_id, answer=answer, instance=readable)
     if instance is None:
         obj["instance"] = "default"
     elif type(instance) is not str:
@@ -71,7 +81,9 @@ def parse(line: bytes) -> dict[str, Any]:
         try:
             _check_payload(obj, line)
         except BadRequest as exc:
-            raise FrameError(exc.message, request_id, answer=answer) from None
+            raise FrameError(
+                exc.message, request_id, answer=answer, instance=obj["instance"]
+            ) from None
     return obj
 
 

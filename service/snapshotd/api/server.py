@@ -126,7 +126,8 @@ def bind(config: SocketConfig, backlog: int = 1024) -> BoundSocket:
         return BoundSocket(sock, path)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"socket.path: cannot listen on {path}: {exc.strerror}") from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"socket.path: cannot listen on {path}: {reason}") from None
 
 
 def _peer_uid(stream: SocketStream) -> int:
@@ -231,7 +232,6 @@ class Server:
         read: the connection closes). Counts are added once per call.
         """
         daemon = self.daemon
-        instances = daemon.instances
         # defaultdict: its += is a plain dict update (Counter's is slower, per line).
         received: defaultdict[tuple[str, str], int] = defaultdict(int)
         rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -251,7 +251,7 @@ class Server:
                 try:
                     req = codec.parse(line)
                 except codec.FrameError as exc:
-                    rejected["-", exc.code] += 1
+                    rejected[exc.instance, exc.code] += 1
                     if exc.answer:
                         out.append(codec.encode_error(exc.request_id, exc.code, exc.message))
                     else:
@@ -260,7 +260,7 @@ class Server:
                 op = req["op"]
                 request_id = req.get("id")
                 instance = req["instance"]
-                label = instance if instance in instances else "-"
+                label = instance
                 sync = SYNC_OPS.get(op)
                 try:
                     if sync is not None:
