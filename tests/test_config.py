@@ -104,6 +104,23 @@ def test_env_overrides_win_and_match_names_case_insensitively(tmp_path: Path) ->
     assert config.workflows["billing"].overrides == {"reducer": "last_by_key"}
 
 
+def test_workflow_queue_capacity_is_accepted_but_the_instance_value_bounds_the_queue(
+    tmp_path: Path,
+) -> None:
+    text = FULL + "queue_capacity = 3\n"
+    config = load_config(
+        write(tmp_path, text), {"SNAPSHOTD_WORKFLOWS__BILLING__QUEUE_CAPACITY": "9"}
+    )
+    order = config.workflows["order"]
+    assert order.queue_capacity == 3
+    assert "queue_capacity" not in order.overrides
+    assert config.workflows["billing"].queue_capacity == 9
+    assert config.workflows["billing"].overrides == {}
+    assert config.instances["default"].queue_capacity == 5
+    with pytest.raises(ConfigError, match=r"^workflows\.order\.queue_capacity \(from "):
+        load_config(write(tmp_path, text), {"SNAPSHOTD_WORKFLOWS__ORDER__QUEUE_CAPACITY": "-1"})
+
+
 def test_env_only_instances_replace_the_implicit_default() -> None:
     config = load_config(None, {"SNAPSHOTD_INSTANCES__MEM__JOURNAL": "memory:"})
     assert list(config.instances) == ["mem"]
@@ -116,7 +133,6 @@ def test_env_only_instances_replace_the_implicit_default() -> None:
         ("[socket]\npathh = 'x'\n", r"^socket\.pathh: unknown key"),
         ("[instances.default]\nthreshold = 1\n", r"^instances\.default\.threshold: unknown key"),
         ("[workflows.w]\njournal = 'memory:'\n", r"^workflows\.w\.journal: unknown key"),
-        ("[workflows.w]\nqueue_capacity = 3\n", r"^workflows\.w\.queue_capacity: unknown key"),
         ("instances = 3\n", r"^instances: must be a table"),
         ("[instances]\ndefault = 3\n", r"^instances\.default: must be a table"),
         ("[instances.x]\nsnapshot_threshold = 5\n", r"^instances\.x\.journal: missing"),
@@ -150,6 +166,8 @@ BAD_VALUES = [
     ("instances.default.reducer", "''", "non-empty string"),
     ("workflows.order.savepoint_upgrade", "'upgrade'", "MODULE:FUNCTION"),
     ("workflows.order.keep_snapshots", "0", "integer >= 2"),
+    ("workflows.order.queue_capacity", "0", "positive integer"),
+    ("workflows.order.queue_capacity", "'big'", "positive integer"),
     ("socket.mode", "'rw-------'", "octal"),
     ("socket.mode", "600", "octal"),
     ("socket.mode", "'0999'", "octal"),

@@ -57,7 +57,7 @@ def _steps(events: list[dict[str, Any]], state: Any = None) -> dict[str, Any]:
 
 
 def _run_dir(process: DaemonProcess, run: str) -> Path:
-    return process.root / "data" / "runs" / ("id-" + run.encode().hex())
+    return process.root / "data" / ("id-" + run.encode().hex())
 
 
 def _temp_files(root: Path) -> list[Path]:
@@ -352,3 +352,60 @@ def test_unreadable_snapshot_metadata_is_set_aside(own: DaemonProcess) -> None:
         status = client.call("status")["instances"]["default"]
         assert status["skipped"]["journal_error"] == 0 and status["skipped"]["internal"] == 0
     assert own.stop() == 0
+
+
+# a damaged events line -----------------------------------------------------------------
+
+
+def test_bad_events_line_makes_only_that_run_corrupt_after_restart(own: DaemonProcess) -> None:
+    _configure(own, policy="snapshot_threshold = 5")
+    own.start()
+    with own.client() as client:
+        for run in ("bad", "good"):
+            client.call("create_run", run=run, workflow="wf", version="v1")
+            client.call("append", run=run, events=_events(10))
+        # A snapshot covering the damaged line must not hide the damage.
+        assert client.call("snapshot_now", run="bad")["through_seq"] == 10
+    assert own.stop() == 0
+    path = _run_dir(own, "bad") / "events.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = b'{"seq": 5, "type": "step", "data": {"i"\n'
+    path.write_bytes(b"".join(lines))
+    damaged = path.read_bytes()
+
+    own.start()
+    with own.client() as client:
+        for op, fields in (
+            ("append", {"events": _events(1, 10)}),
+            ("load", {}),
+            ("load", {"after_seq": 10}),
+            ("verify", {}),
+        ):
+            with pytest.raises(ClientError) as caught:
+                client.call(op, run="bad", **fields)
+            assert caught.value.code == "corrupt", (op, caught.value)
+            assert f"{path}: line 5" in caught.value.message, (op, caught.value)
+        assert len(client.call("list_snapshots", run="bad")["snapshots"]) == 1
+        assert client.call("snapshot_now", run="bad", force=True) == {
+            "status": "skipped",
+            "reason": "journal_error",
+        }
+        client.send("snapshot", run="bad")
+        client.flush()
+        wait_for(
+            lambda: client.call("status")["instances"]["default"]["skipped"]["journal_error"] == 2
+        )
+        entries = client.call("audit", limit=1000)["events"]
+        reported = [e for e in entries if e["kind"] == "run_corrupt"]
+        assert len(reported) == 1, entries
+        assert reported[0]["run_id"] == "bad" and f"{path}: line 5" in reported[0]["error"]
+        skipped = [e for e in entries if e["kind"] == "snapshot_skipped"]
+        assert {e["reason"] for e in skipped} == {"journal_error"}
+
+        assert client.call("append", run="good", events=_events(5, 10))["last_seq"] == 15
+        assert client.call("snapshot_now", run="good")["through_seq"] == 15
+        assert client.call("load", run="good")["snapshot"]["through_seq"] == 15
+        assert client.call("ping") == {"pong": True}
+    assert own.stop() == 0
+    assert path.read_bytes() == damaged, "nothing was appended on top of the damage"
+    assert "run_corrupt" in own.log()

@@ -59,7 +59,7 @@ async def reopen(journal: FsJournal, root: Path) -> FsJournal:
 
 
 def events_file(root: Path, run_id: str) -> Path:
-    return root / "runs" / ("id-" + run_id.encode().hex()) / "events.jsonl"
+    return root / ("id-" + run_id.encode().hex()) / "events.jsonl"
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -98,11 +98,11 @@ async def test_hostile_run_ids_stay_inside_the_root(fs: FsJournal, root: Path) -
     real_root = root.resolve()
     for path in root.rglob("*"):
         assert path.resolve().is_relative_to(real_root)
-    names = sorted(p.name for p in (root / "runs").iterdir())
+    names = sorted(p.name for p in root.iterdir() if p.name.startswith(("id-", "h-")))
     assert len(names) == len(hostile)
     assert all(n.startswith(("id-", "h-")) and len(n) <= 240 for n in names)
     assert "h-" + hashlib.sha256(long_id.encode()).hexdigest() in names
-    assert (root / "runs" / ("id-" + b"..".hex()) / "run.json").is_file()
+    assert (root / ("id-" + b"..".hex()) / "run.json").is_file()
     fs = await reopen(fs, root)
     assert await fs.list_runs(None, 100) == sorted(hostile)
     for run_id in hostile:
@@ -114,6 +114,50 @@ async def test_hostile_run_ids_stay_inside_the_root(fs: FsJournal, root: Path) -
         assert doc is not None
         assert doc.version == 1
     await fs.aclose()
+
+
+async def test_run_directories_sit_in_the_root_beside_its_own_entries(
+    fs: FsJournal, root: Path
+) -> None:
+    # Run ids spelling the root's own entries still get id- directories of their own.
+    own_names = ["documents", "format.json", "lock", "audit.jsonl", "runs"]
+    for run_id in own_names:
+        await add_run(fs, run_id, 1)
+    await fs.put_document("ns", "k", b"{}", None)
+    await fs.append_audit("x", {}, T0)
+    found = sorted(p.name for p in root.glob("id-*"))
+    assert found == sorted("id-" + r.encode().hex() for r in own_names)
+    assert all((root / name / "events.jsonl").is_file() for name in found)
+    assert sorted(p.name for p in root.iterdir() if p.name not in found) == [
+        "audit.jsonl",
+        "documents",
+        "format.json",
+        "lock",
+    ]
+    # Foreign entries in the root are not runs: a file, a non-canonical name, junk.
+    (root / "id-zz").mkdir()
+    (root / ("id-" + b"J".hex().upper())).mkdir()
+    (root / ("id-" + b"file".hex())).write_bytes(b"")
+    (root / "h-deadbeef").mkdir()
+    fs = await reopen(fs, root)
+    assert await fs.list_runs(None, 100) == sorted(own_names)
+    for run_id in own_names:
+        assert [e.seq for e in await fs.read_events(run_id, 0)] == [1]
+    doc = await fs.get_document("ns", "k")
+    assert doc is not None
+    assert doc.version == 1
+    await fs.aclose()
+
+
+async def test_journal_in_the_old_runs_subdirectory_layout_is_refused(root: Path) -> None:
+    journal = FsJournal(root)
+    await journal.open()
+    await journal.aclose()
+    old = {"format": "snapshotd-fs", "schema_version": 1, "fingerprint": "sha256:old"}
+    (root / "format.json").write_bytes(orjson.dumps(old))
+    (root / "runs").mkdir()
+    with pytest.raises(ConfigError, match="schema_version 2"):
+        await FsJournal(root).open()
 
 
 # torn lines and damage -------------------------------------------------------------
@@ -150,29 +194,111 @@ async def test_torn_last_line_ignored_then_overwritten(
     await fs.aclose()
 
 
+def snapshot_through(run_id: str, events: list[Any]) -> Any:
+    return compaction.compact(
+        run_id=run_id,
+        version="v1",
+        reducer_name="steps",
+        reducer=steps,
+        base=None,
+        tail=events,
+        kind="auto",
+        now=T0,
+        safety_ttl_s=1,
+    ).snapshot
+
+
 @pytest.mark.parametrize(
-    "bad", [b"not json", b'{"seq": 7, "type": "x", "data": 1}', b"[1,2]"], ids=str
+    "bad",
+    [
+        b"not json",
+        b'{"seq": 7, "type": "x", "data": 1, "recorded_at": "2024-05-01T12:00:00Z"}',
+        b"[1,2]",
+        b'{"seq": 3, "type": "x"}',
+        b"",
+    ],
+    ids=["garbage", "wrong-seq", "not-an-object", "missing-fields", "empty-line"],
 )
 async def test_bad_middle_line_makes_only_that_run_corrupt(
     fs: FsJournal, root: Path, bad: bytes
 ) -> None:
     await add_run(fs, "damaged", 5)
     await add_run(fs, "healthy", 5)
+    # A snapshot covering the bad line must not hide it: the whole run is corrupt.
+    await fs.write_snapshot(
+        snapshot_through("damaged", await fs.read_events("damaged", 0)), lease=None
+    )
     path = events_file(root, "damaged")
     lines = path.read_bytes().splitlines(keepends=True)
     lines[2] = bad + b"\n"
     path.write_bytes(b"".join(lines))
+    damaged_bytes = path.read_bytes()
     fs = await reopen(fs, root)
     with pytest.raises(Corrupt) as caught:
-        await fs.read_events("damaged", 0)
-    assert str(path) in caught.value.message
-    assert "line 3" in caught.value.message
-    with pytest.raises(Corrupt, match="line 3"):
-        await fs.read_event_page("damaged", 1, 10)
-    assert [e.seq for e in await fs.read_events("damaged", 3)] == [4, 5]
+        await fs.get_run("damaged")
+    assert caught.value.message.startswith(f"{path}: line 3: ")
+    for call in (
+        fs.read_events("damaged", 0),
+        fs.read_events("damaged", 3),
+        fs.read_events("damaged", 5),
+        fs.read_event_page("damaged", 4, 10),
+        fs.append("damaged", ev(1), expected_seq=None, lease=None, now=T0),
+        fs.append("damaged", ev(1), expected_seq=5, lease=None, now=T0),
+    ):
+        with pytest.raises(Corrupt, match=re.escape(f"{path}: line 3")):
+            await call
+    assert path.read_bytes() == damaged_bytes, "nothing is appended on top of damage"
+    assert len(await fs.list_snapshots("damaged")) == 1
     assert [e.seq for e in await fs.read_events("healthy", 0)] == [1, 2, 3, 4, 5]
     assert await fs.append("healthy", ev(1), expected_seq=5, lease=None, now=T0) == 6
-    assert await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10) == ["damaged", "healthy"]
+    assert await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10) == ["healthy"]
+    await fs.aclose()
+    # Repaired while closed: the next open checks again and the run is usable.
+    path.write_bytes(b"".join(lines[:2]))
+    fs = await reopen(fs, root)
+    assert await fs.append("damaged", ev(1), expected_seq=2, lease=None, now=T0) == 3
+    assert [e.seq for e in await fs.read_events("damaged", 0)] == [1, 2, 3]
+    await fs.aclose()
+
+
+async def test_damage_found_by_a_read_is_remembered(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "r", 4)
+    assert (await fs.get_run("r")) is not None
+    path = events_file(root, "r")
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b"{oops}\n"
+    path.write_bytes(b"".join(lines))
+    assert [e.seq for e in await fs.read_events("r", 2)] == [3, 4]
+    with pytest.raises(Corrupt, match="line 2"):
+        await fs.read_events("r", 0)
+    with pytest.raises(Corrupt, match="line 2"):
+        await fs.append("r", ev(1), expected_seq=4, lease=None, now=T0)
+    with pytest.raises(Corrupt, match="line 2"):
+        await fs.read_events("r", 2)
+    assert len(path.read_bytes().splitlines()) == 4
+    await fs.aclose()
+
+
+async def test_whole_events_file_is_parsed_once_per_run_per_open(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_run(fs, "a", 3)
+    await add_run(fs, "b", 0)
+    fs = await reopen(fs, root)
+    checked: list[str] = []
+    real_check = fsio.JsonlLog.check
+
+    def counting(log: fsio.JsonlLog, fields: tuple[str, ...] = ()) -> None:
+        checked.append(Path(log.path).parent.name)
+        real_check(log, fields)
+
+    monkeypatch.setattr(fsio.JsonlLog, "check", counting)
+    for _ in range(3):
+        await fs.get_run("a")
+        await fs.read_events("a", 0)
+        await fs.append("a", ev(1), expected_seq=None, lease=None, now=T0)
+    await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10)
+    assert sorted(checked) == ["id-" + b"a".hex(), "id-" + b"b".hex()]
     await fs.aclose()
 
 
@@ -280,7 +406,7 @@ async def test_format_json_written_and_foreign_directory_refused(tmp_path: Path)
     await journal.aclose()
     written = orjson.loads((tmp_path / "new" / "format.json").read_bytes())
     assert written["format"] == "snapshotd-fs"
-    assert written["schema_version"] == 1
+    assert written["schema_version"] == 2
     assert written["fingerprint"].startswith("sha256:")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -297,7 +423,7 @@ async def test_leftover_temp_files_removed_on_open(fs: FsJournal, root: Path) ->
     run_dir = events_file(root, "r").parent
     leftovers = [
         root / ".tmp-format",
-        root / "runs" / ".tmp-halfrun" / "run.json",
+        root / ".tmp-halfrun" / "run.json",
         run_dir / ".tmp-runjson",
         run_dir / "snapshots" / ".tmp-snap",
         next((root / "documents").iterdir()) / ".tmp-doc",

@@ -11,10 +11,12 @@ from snapshotd.config import Config, InstanceConfig, SocketConfig, WorkflowConfi
 from snapshotd.domain.model import NewEvent, utcnow
 from snapshotd.domain.policies import Policy
 from snapshotd.domain.reducers import BUILTIN
+from snapshotd.journals.base import Journal
 from snapshotd.journals.memory import MemoryJournal
 from snapshotd.runtime.instance import Instance
 
 _FAULTABLE = (
+    "append",
     "get_run",
     "list_snapshots",
     "read_snapshot",
@@ -62,7 +64,7 @@ for _name in _FAULTABLE:
 
 
 def make_instance(
-    journal: MemoryJournal | None = None,
+    journal: Journal | None = None,
     *,
     capacity: int = 100,
     workflows: dict[str, dict[str, Any]] | None = None,

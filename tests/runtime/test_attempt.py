@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from snapshotd.domain import compaction
 from snapshotd.domain.errors import Busy, Corrupt, StaleLease, Superseded, Unavailable
-from snapshotd.domain.model import Snapshot
+from snapshotd.domain.model import NewEvent, Snapshot, utcnow
+from snapshotd.journals.base import Journal
 from snapshotd.runtime.mailbox import Job
+from tests.journals.conftest import JOURNAL_FACTORIES, JournalFactory
 
 from .support import FaultyJournal, append, make_instance, new_run
 
@@ -227,8 +232,6 @@ async def test_corrupt_newest_snapshot_falls_back_and_is_reported_once() -> None
         loaded = await inst.load("r", after_seq=None, limit=100)
         assert loaded["snapshot"]["snapshot_id"] == older["snapshot_id"]
         assert loaded["next_after"] == 6 and len(loaded["events"]) == 3
-        # The damaged snapshot still holds seq 6: the journal refuses to go back to it.
-        assert await now(inst, "r") == skipped("no_events")
         await append(journal, "r", 1, data=data[6:7])
         rebuilt = await now(inst, "r")
     assert rebuilt["through_seq"] == 7
@@ -283,3 +286,115 @@ async def test_snapshot_of_another_version_is_never_served() -> None:
         snap, meta=replace(snap.meta, version="other")
     )
     assert (await inst.load("r", after_seq=None, limit=10))["snapshot"] is None
+
+
+@pytest.fixture(params=JOURNAL_FACTORIES)
+async def any_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    factory: JournalFactory = request.param
+    opened = factory(request, tmp_path)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+async def _corrupt_snapshot_at_the_tip(journal: Journal, run_id: str) -> str:
+    """Run with a good snapshot through 2 and a corrupt one (checksum) through 3."""
+    now_ = utcnow()
+    await journal.create_run(run_id, "wf", "v1", None, now_)
+    steps_ = [NewEvent("step", {"n": i}) for i in range(3)]
+    await journal.append(run_id, steps_[:2], expected_seq=0, lease=None, now=now_)
+    inst = make_instance(journal)
+    assert (await now(inst, run_id, force=True))["through_seq"] == 2
+    await journal.append(run_id, steps_[2:], expected_seq=2, lease=None, now=now_)
+    good = compaction.compact(
+        run_id=run_id,
+        version="v1",
+        reducer_name="steps",
+        reducer=inst.reducer_for("wf"),
+        base=None,
+        tail=await journal.read_events(run_id, 0),
+        kind="auto",
+        now=utcnow(),
+        safety_ttl_s=60,
+    ).snapshot
+    bad = Snapshot(good.meta, good.payload.replace(b'"step"', b'"stop"'))
+    assert bad.payload != good.payload
+    await journal.write_snapshot(bad, lease=None)
+    return bad.meta.snapshot_id
+
+
+async def test_corrupt_newest_snapshot_does_not_block_a_rebuild_at_its_seq(
+    any_journal: Journal,
+) -> None:
+    bad = await _corrupt_snapshot_at_the_tip(any_journal, "r")
+    inst = make_instance(any_journal)
+    rebuilt = await now(inst, "r", force=True)
+    assert (rebuilt["status"], rebuilt["through_seq"]) == ("taken", 3)
+    listed = [m.snapshot_id for m in await any_journal.list_snapshots("r")]
+    assert bad not in listed and rebuilt["snapshot_id"] == listed[0] and len(listed) == 2
+    loaded = await inst.load("r", after_seq=None, limit=100)
+    assert loaded["snapshot"]["snapshot_id"] == rebuilt["snapshot_id"]
+    assert loaded["events"] == []
+    audit = (await inst.audit(0, 100))["events"]
+    kinds = [e["kind"] for e in audit]
+    assert kinds == ["snapshot_taken", "snapshot_corrupt", "snapshot_pruned", "snapshot_taken"]
+    assert audit[2]["snapshot_ids"] == [bad] and audit[2]["reason"] == "corrupt"
+    assert await now(inst, "r", force=True) == skipped("no_events")
+
+
+async def test_a_pinned_corrupt_snapshot_is_kept_and_still_blocks(any_journal: Journal) -> None:
+    bad = await _corrupt_snapshot_at_the_tip(any_journal, "r")
+    await any_journal.set_pinned("r", bad, True)
+    inst = make_instance(any_journal)
+    assert await now(inst, "r", force=True) == skipped("no_events")
+    assert bad in [m.snapshot_id for m in await any_journal.list_snapshots("r")]
+    loaded = await inst.load("r", after_seq=None, limit=100)
+    assert loaded["snapshot"]["through_seq"] == 2
+    audit = (await inst.audit(0, 100))["events"]
+    assert "snapshot_pruned" not in [e["kind"] for e in audit]
+
+
+async def test_a_corrupt_run_is_reported_once_by_whichever_op_meets_it() -> None:
+    journal = FaultyJournal()
+    inst = make_instance(journal, snapshot_threshold=2)
+    await new_run(journal, "bad", 3)
+    await new_run(journal, "good", 3)
+    damage = Corrupt("/data/id-626164/events.jsonl: line 2: not valid JSON")
+    for method in ("get_run", "append", "read_events", "read_event_page"):
+        journal.faults[method] = damage
+    with capture_logs() as logs:
+        assert await now(inst, "bad", force=True) == skipped("journal_error")
+        with pytest.raises(Corrupt):
+            await inst.load("bad", after_seq=None, limit=10)
+        with pytest.raises(Corrupt):
+            await inst.verify("bad")
+        with pytest.raises(Corrupt):
+            await inst.append("bad", [NewEvent("step", {})], expected_seq=None, lease=None)
+        await inst.handle(Job("bad", None, requested=True, unchecked=True))
+    assert [log["run_id"] for log in logs if log["event"] == "run_corrupt"] == ["bad"]
+    audit = (await inst.audit(0, 100))["events"]
+    reported = [e for e in audit if e["kind"] == "run_corrupt"]
+    assert len(reported) == 1
+    assert (reported[0]["run_id"], reported[0]["error"]) == ("bad", damage.message)
+    assert inst.status()["skipped"]["journal_error"] == 2
+    journal.faults.clear()
+    assert (await now(inst, "good"))["status"] == "taken"
+
+
+@pytest.mark.parametrize("op", ["load", "verify", "append"])
+async def test_each_op_reports_a_corrupt_run_it_meets_first(op: str) -> None:
+    journal = FaultyJournal()
+    inst = make_instance(journal)
+    await new_run(journal, "bad", 3)
+    journal.faults["get_run"] = journal.faults["append"] = Corrupt("line 2")
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "load": lambda: inst.load("bad", after_seq=None, limit=10),
+        "verify": lambda: inst.verify("bad"),
+        "append": lambda: inst.append("bad", [], expected_seq=None, lease=None),
+    }
+    with pytest.raises(Corrupt):
+        await calls[op]()
+    audit = (await inst.audit(0, 100))["events"]
+    assert [(e["kind"], e["run_id"]) for e in audit] == [("run_corrupt", "bad")]

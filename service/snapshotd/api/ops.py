@@ -152,9 +152,7 @@ async def append(daemon: Daemon, req: Request) -> Result:
     if expected is not None:
         validation.integer(expected, "expected_seq", minimum=0)
     lease = validation.optional_lease(req.get("lease"))
-    last_seq = await instance.journal.append(
-        run_id, events, expected_seq=expected, lease=lease, now=utcnow()
-    )
+    last_seq = await instance.append(run_id, events, expected_seq=expected, lease=lease)
     return {"last_seq": last_seq}
 
 

@@ -2,22 +2,32 @@
 
 Layout under the root::
 
-    format.json                             format, schema version, storage fingerprint
-    lock                                    flock'ed by the one process using the root
-    audit.jsonl                             audit log, one entry per line (append + fsync)
-    runs/<name>/run.json                    run record (atomic rewrite)
-    runs/<name>/events.jsonl                one ``records.event_json`` line per event
-    runs/<name>/snapshots/<snapshot_id>.snap   metadata line, then the state payload
-    documents/<name>/<name>.doc             header line with the version, then the body
+    format.json                        format, schema version, storage fingerprint
+    lock                               flock'ed by the one process using the root
+    audit.jsonl                        audit log, one entry per line (append + fsync)
+    <name>/run.json                    run record (atomic rewrite)
+    <name>/events.jsonl                one ``records.event_json`` line per event
+    <name>/snapshots/<snapshot_id>.snap   metadata line, then the state payload
+    documents/<name>/<name>.doc        header line with the version, then the body
 
 ``<name>`` is ``id-`` + the hex of the UTF-8 id when that fits in 240 characters,
-else ``h-`` + its SHA-256, so no id can reach outside the root. A run directory is
-built under a temp name and renamed into place, so a run exists whole or not at all.
+else ``h-`` + its SHA-256, so no id can reach outside the root, and a run directory
+(always ``id-``/``h-``) never collides with the root's own entries. Run directories
+sit directly in the root, as SPEC section 5 says, so tools can glob ``PATH/id-*``.
+A run directory is built under a temp name and renamed into place, so a run exists
+whole or not at all.
 
 The flock makes this process the only writer, which is what lets each run keep a
 cache (record, events tip, snapshot metadata) instead of re-reading files: caches
 are filled from disk on first touch and updated by the worker thread that did the
 write, so a cancelled caller can never leave a cache behind the disk.
+
+Filling a run's cache also parses its whole ``events.jsonl`` once (about 0.8 s per
+million events), because a bad line anywhere makes the run corrupt (SPEC section 5),
+not only when a read happens to reach it. The damage is remembered: every method
+that needs the run's events (``get_run``, ``append``, the reads) raises Corrupt
+naming file and line until the file is repaired and the journal reopened, so
+nothing is ever appended on top of it. Other runs are unaffected.
 """
 
 from __future__ import annotations
@@ -66,9 +76,9 @@ from snapshotd.journals.fsio import (
 T = TypeVar("T")
 
 FORMAT: Final = "snapshotd-fs"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _LAYOUT: Final = (
-    "runs/{id-<hex utf-8>|h-<sha256>}/{run.json,events.jsonl,snapshots/<uuid>.snap};"
+    "{id-<hex utf-8>|h-<sha256>}/{run.json,events.jsonl,snapshots/<uuid>.snap};"
     "documents/<name>/<name>.doc;audit.jsonl;"
     "event line=records.event_json;snapshot=meta json line+state;document=header line+body"
 )
@@ -81,6 +91,7 @@ _SNAP_SUFFIX = ".snap"
 _DOC_SUFFIX = ".doc"
 _LOCK_NAME = "lock"
 _FOREIGN_OK = {"lost+found", _LOCK_NAME}
+_RUN_PREFIXES = ("id-", "h-")
 
 
 def entry_name(text: str) -> str:
@@ -164,6 +175,8 @@ class _RunFiles:
     snapshots: dict[str, SnapshotMeta]
     damaged: dict[str, str]
     """Snapshot files whose metadata does not decode: id -> why. Never listed."""
+    events_damage: str | None
+    """Why ``events.jsonl`` is corrupt (file and line), once found; None while intact."""
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
@@ -173,8 +186,27 @@ class _RunFiles:
     def snapshot_path(self, snapshot_id: str) -> str:
         return os.path.join(self.snapshot_dir, snapshot_id + _SNAP_SUFFIX)
 
+    def intact_events(self) -> JsonlLog:
+        """The events log; Corrupt when it is known to be damaged."""
+        if self.events_damage is not None:
+            raise Corrupt(self.events_damage)
+        return self.events
 
-_Loaded = tuple[str, Run, JsonlLog, dict[str, SnapshotMeta], dict[str, str]]
+    def reading(self, func: Callable[[], T]) -> Callable[[], T]:
+        """``func`` (a blocking read of the events), remembering damage it finds."""
+
+        def read() -> T:
+            try:
+                return func()
+            except Corrupt as exc:
+                self.events_damage = exc.message
+                raise
+
+        return read
+
+
+_Loaded = tuple[str, Run, JsonlLog, dict[str, SnapshotMeta], dict[str, str], str | None]
+_EVENT_FIELDS: Final = ("type", "data", "recorded_at")
 
 
 class FsJournal:
@@ -183,7 +215,6 @@ class FsJournal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._given = os.fspath(path)
         self._root = os.path.abspath(self._given)
-        self._runs_dir = os.path.join(self._root, "runs")
         self._docs_dir = os.path.join(self._root, "documents")
         self._lock_fd: int | None = None
         self._runs: dict[str, _RunFiles] = {}
@@ -245,7 +276,6 @@ class FsJournal:
                     "(another snapshotd uses this directory)"
                 ) from None
             self._check_format()
-            os.makedirs(self._runs_dir, exist_ok=True)
             os.makedirs(self._docs_dir, exist_ok=True)
             self._remove_temp_files()
             self._run_ids = self._scan_run_ids()
@@ -293,10 +323,10 @@ class FsJournal:
 
     def _remove_temp_files(self) -> None:
         """Delete what interrupted writes left: temp files and half-built run directories."""
-        directories = [self._root, self._runs_dir, self._docs_dir]
-        with os.scandir(self._runs_dir) as runs:
+        directories = [self._root, self._docs_dir]
+        with os.scandir(self._root) as runs:
             for entry in runs:
-                if not entry.name.startswith(TEMP_PREFIX):
+                if entry.name.startswith(_RUN_PREFIXES) and entry.is_dir(follow_symlinks=False):
                     directories.append(entry.path)
                     directories.append(os.path.join(entry.path, "snapshots"))
         with os.scandir(self._docs_dir) as namespaces:
@@ -315,16 +345,21 @@ class FsJournal:
 
     def _scan_run_ids(self) -> list[str]:
         ids: list[str] = []
-        with os.scandir(self._runs_dir) as entries:
+        with os.scandir(self._root) as entries:
             for entry in entries:
                 name = entry.name
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
                 try:
                     if name.startswith("id-"):
-                        ids.append(bytes.fromhex(name[3:]).decode("utf-8"))
+                        run_id = bytes.fromhex(name[3:]).decode("utf-8")
                     elif name.startswith("h-"):
-                        raw = Path(entry.path, "run.json").read_bytes()
-                        ids.append(orjson.loads(raw)["run_id"])
-                except (ValueError, KeyError, TypeError, FileNotFoundError):
+                        run_id = orjson.loads(Path(entry.path, "run.json").read_bytes())["run_id"]
+                    else:
+                        continue
+                    if entry_name(run_id) == name:
+                        ids.append(run_id)
+                except (ValueError, KeyError, TypeError, FileNotFoundError, BadRequest):
                     # Not addressable by any id: a damaged or foreign directory.
                     continue
         ids.sort()
@@ -340,7 +375,7 @@ class FsJournal:
     # runs -----------------------------------------------------------------
 
     def _run_dir(self, run_id: str) -> str:
-        return os.path.join(self._runs_dir, entry_name(run_id))
+        return os.path.join(self._root, entry_name(run_id))
 
     def _load_run(self, run_id: str) -> _Loaded | None:
         directory = self._run_dir(run_id)
@@ -353,8 +388,13 @@ class FsJournal:
             return None
         run = _parse_run(path, raw, run_id)
         events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
-        events.load()
-        return directory, run, events, *self._scan_snapshots(directory, run_id)
+        damage = None
+        try:
+            events.load()
+            events.check(_EVENT_FIELDS)
+        except Corrupt as exc:
+            damage = exc.message
+        return directory, run, events, *self._scan_snapshots(directory, run_id), damage
 
     def _scan_snapshots(
         self, directory: str, run_id: str
@@ -404,7 +444,7 @@ class FsJournal:
 
     def _create_blocking(self, run: Run) -> _Loaded:
         """Build the run directory under a temp name, then rename it into place."""
-        tmp = temp_path(self._runs_dir)
+        tmp = temp_path(self._root)
         os.mkdir(tmp)
         try:
             os.mkdir(os.path.join(tmp, "snapshots"))
@@ -421,16 +461,16 @@ class FsJournal:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fsync_dir(self._runs_dir)
+        fsync_dir(self._root)
         events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
-        return directory, run, events, {}, {}
+        return directory, run, events, {}, {}, None
 
     async def get_run(self, run_id: str) -> Run | None:
         try:
             files = await self._files(run_id)
         except NotFound:
             return None
-        return replace(files.run, last_seq=files.events.tip[0])
+        return replace(files.run, last_seq=files.intact_events().tip[0])
 
     async def set_version(self, run_id: str, version: str) -> None:
         files = await self._files(run_id)
@@ -470,32 +510,35 @@ class FsJournal:
         files = await self._files(run_id)
         async with files.lock:
             run = files.run
-            last = files.events.tip[0]
+            log = files.intact_events()
+            last = log.tip[0]
             if run.lease is not None and lease != run.lease:
                 raise StaleLease(f"run {run_id!r} is leased to another owner")
             if expected_seq is not None and expected_seq != last:
                 raise Conflict(f"run {run_id!r} is at seq {last}, not {expected_seq}")
             if not events:
                 return last
-            return await self._io(partial(_append_blocking, files.events, events, now))
+            return await self._io(partial(_append_blocking, log, events, now))
 
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
     ) -> list[Event]:
         files = await self._files(run_id)
-        log, tip = files.events, files.events.tip
+        log = files.intact_events()
+        tip = log.tip
         count = tip[0] if limit is None else limit
 
         def read() -> list[Event]:
             _, objects = log.read(after_seq, count, tip)
             return _events(log.path, objects)
 
-        return await self._io(read)
+        return await self._io(files.reading(read))
 
     async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
         files = await self._files(run_id)
-        log, tip = files.events, files.events.tip
-        raws, _ = await self._io(partial(log.read, after_seq, limit, tip))
+        log = files.intact_events()
+        tip = log.tip
+        raws, _ = await self._io(files.reading(partial(log.read, after_seq, limit, tip)))
         last = max(after_seq, 0) + len(raws) if raws else after_seq
         return EventPage(raws, last, last < tip[0])
 
@@ -575,7 +618,8 @@ class FsJournal:
         due: list[str] = []
         for run_id in ids:
             files = self._runs.get(run_id)
-            if files is None:
+            if files is None or files.events_damage is not None:
+                # Damaged runs are reported when used; sweeping them would only repeat that.
                 continue
             run = files.run
             latest = max(

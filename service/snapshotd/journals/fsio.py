@@ -151,6 +151,47 @@ class JsonlLog:
         with self._marks_lock:
             self._marks.clear()
 
+    def check(self, fields: tuple[str, ...] = ()) -> None:
+        """Parse every line up to the tip: Corrupt naming the first bad one.
+
+        ``load`` reads only the end of the file, so damage further up would surface
+        only when a read reaches it; this one pass (after ``load``) finds it first.
+        A line is bad when it is not a JSON object numbered in sequence or lacks one
+        of ``fields``. Bytes beyond the tip (a torn last line) are not looked at.
+        """
+        last, end = self.tip
+        if end == 0:
+            return
+        key = self.key
+        loads = orjson.loads
+        expected = 1
+        offset = 0
+        pending = b""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while offset < end:
+                chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for raw in lines:
+                    try:
+                        record = loads(raw)
+                    except orjson.JSONDecodeError:
+                        raise Corrupt(f"{self.path}: line {expected}: not valid JSON") from None
+                    if type(record) is not dict or record.get(key) != expected:
+                        raise Corrupt(f"{self.path}: line {expected}: expected {key} {expected}")
+                    for name in fields:
+                        if name not in record:
+                            raise Corrupt(f"{self.path}: line {expected}: no {name!r}")
+                    expected += 1
+        finally:
+            os.close(fd)
+        if pending or expected != last + 1:
+            raise Corrupt(f"{self.path}: line {expected}: missing or truncated")
+
     def _last_number(self, fd: int, end: int) -> int | None:
         """Number of the complete line ending at ``end`` (0 for an empty file), None if bad."""
         if end == 0:

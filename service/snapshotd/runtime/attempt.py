@@ -114,7 +114,10 @@ async def attempt(
     progress = _Progress()
     try:
         return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, progress)
-    except (Unavailable, Corrupt, OSError) as exc:
+    except Corrupt as exc:
+        await ctx.reporter.report_run(run_id, exc)
+        return _failed("journal_error", exc, progress)
+    except (Unavailable, OSError) as exc:
         return _failed("journal_error", exc, progress)
     except ReducerError as exc:
         return _failed("reducer_error", exc, progress)
@@ -151,9 +154,8 @@ async def _attempt(
         return Outcome("stale_lease")
     policy = ctx.policy_for(run.workflow)
 
-    candidates = drop_known_corrupt(
-        run_id, compatible(run, await journal.list_snapshots(run_id)), ctx.reporter
-    )
+    listed = compatible(run, await journal.list_snapshots(run_id))
+    candidates = drop_known_corrupt(run_id, listed, ctx.reporter)
     newest = candidates[0] if candidates else None
     progress.lag = run.last_seq - (newest.through_seq if newest else 0)
     if not force:
@@ -189,6 +191,8 @@ async def _attempt(
     progress.through_seq = meta.through_seq
     if not fits(policy, meta.size_bytes):
         return Outcome("too_large", lag=progress.lag, through_seq=meta.through_seq)
+    if kind != "safety":
+        await _clear_corrupt_blockers(ctx, listed, meta)
     await journal.write_snapshot(compacted.snapshot, lease=lease)
     await _retain(ctx, run, policy, now)
     return Outcome(None, meta, compacted.events_folded, progress.lag, meta.through_seq)
@@ -203,6 +207,34 @@ def _decide(
         last_snapshot_at=base.created_at if base else run.created_at,
         now=now,
         force=force,
+    )
+
+
+async def _clear_corrupt_blockers(
+    ctx: AttemptContext, listed: list[SnapshotMeta], meta: SnapshotMeta
+) -> None:
+    """Delete the known-corrupt snapshots that would make writing ``meta`` Superseded.
+
+    A corrupt snapshot is never a base, but the journal still counts it when it
+    refuses an auto/manual snapshot at or below its ``through_seq``: left in place,
+    it would keep the run replaying its tail until the events pass it. Pinned ones
+    are the operator's to delete, so one of them blocking leaves everything as is
+    (the write then ends as ``no_events``).
+    """
+    blockers = [
+        m
+        for m in listed
+        if m.kind != "safety"
+        and m.version == meta.version
+        and m.through_seq >= meta.through_seq
+        and ctx.reporter.known(meta.run_id, m.snapshot_id)
+    ]
+    if not blockers or any(m.pinned for m in blockers):
+        return
+    ids = [m.snapshot_id for m in blockers]
+    ctx.telemetry.pruned(await ctx.journal.delete_snapshots(meta.run_id, ids))
+    await ctx.record_audit(
+        "snapshot_pruned", run_id=meta.run_id, snapshot_ids=ids, reason="corrupt"
     )
 
 

@@ -7,11 +7,12 @@ The API calls these methods; the actor (``runtime.actor``) drains the mailbox th
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import orjson
@@ -20,7 +21,7 @@ import structlog
 from snapshotd.config import InstanceConfig, WorkflowConfig
 from snapshotd.domain import compaction
 from snapshotd.domain.errors import Corrupt, NotFound, ReducerError, SnapshotdError
-from snapshotd.domain.model import SnapshotKind, utcnow
+from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer, fold
 from snapshotd.journals.base import Journal
@@ -47,6 +48,30 @@ and requests naming a run the journal does not have. Any client can send those a
 will; auditing them would let a flood of typos grow the durable log, one write each."""
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reports_corrupt_run(
+    op: Callable[Concatenate[Instance, str, _P], Awaitable[_R]],
+) -> Callable[Concatenate[Instance, str, _P], Awaitable[_R]]:
+    """Make an op on one run report a Corrupt it meets before answering ``corrupt``.
+
+    Damaged snapshots are handled (and reported) inside the ops, so a Corrupt that
+    escapes one means the run's own data is damaged: SPEC section 5 wants an audit
+    event for that, once per run, whichever op or attempt meets it first.
+    """
+
+    @functools.wraps(op)
+    async def reporting(self: Instance, run_id: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await op(self, run_id, *args, **kwargs)
+        except Corrupt as exc:
+            await self.reporter.report_run(run_id, exc)
+            raise
+
+    return reporting
 
 
 class _RunLock:
@@ -267,8 +292,23 @@ class Instance:
         self.restarts += 1
         self.telemetry.restarted()
 
+    @_reports_corrupt_run
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_seq: int | None,
+        lease: str | None,
+    ) -> int:
+        """The ``append`` op: the journal's append (its errors are the op's)."""
+        return await self.journal.append(
+            run_id, events, expected_seq=expected_seq, lease=lease, now=utcnow()
+        )
+
     # --- reads ----------------------------------------------------------------------
 
+    @_reports_corrupt_run
     async def load(self, run_id: str, *, after_seq: int | None, limit: int) -> dict[str, Any]:
         """The ``load`` op: newest valid compatible snapshot + a page of events after it.
 
@@ -309,6 +349,7 @@ class Instance:
             "has_more": page.has_more,
         }
 
+    @_reports_corrupt_run
     async def verify(self, run_id: str) -> dict[str, Any]:
         """The ``verify`` op: checksum every snapshot, refold current-version ones.
 

@@ -5,6 +5,10 @@ its payload passes the checksum. A damaged snapshot is never served or folded on
 the search falls back to the next older one (or to full history) and the damage is
 reported once per snapshot per process (audit event + log), so a run that is asked
 for a snapshot on every step does not flood the audit log.
+
+A run whose own stored data is damaged (fs: a bad line in ``events.jsonl``) is
+``corrupt`` as a whole: the journal raises Corrupt from every method that needs
+it, and the first op or attempt that meets it reports it, once per run per process.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ _MAX_REMEMBERED = 10_000
 
 
 class CorruptionReporter:
-    """Remembers damaged snapshots so they are reported once and skipped cheaply."""
+    """Remembers damaged snapshots and runs so each is reported once (snapshots are
+    also skipped cheaply)."""
 
     def __init__(self, instance: str, audit: AuditFn) -> None:
         self._instance = instance
         self._audit = audit
         self._known: set[tuple[str, str]] = set()
+        self._runs: set[str] = set()
 
     def known(self, run_id: str, snapshot_id: str) -> bool:
         return (run_id, snapshot_id) in self._known
@@ -54,6 +60,16 @@ class CorruptionReporter:
         await self._audit(
             "snapshot_corrupt", run_id=run_id, snapshot_id=snapshot_id, error=str(error)
         )
+
+    async def report_run(self, run_id: str, error: Corrupt) -> None:
+        """Report that the run's own data is damaged (log line + ``run_corrupt`` audit)."""
+        if run_id in self._runs:
+            return
+        if len(self._runs) >= _MAX_REMEMBERED:
+            self._runs.clear()
+        self._runs.add(run_id)
+        _log.error("run_corrupt", instance=self._instance, run_id=run_id, error=str(error))
+        await self._audit("run_corrupt", run_id=run_id, error=str(error))
 
 
 def compatible(run: Run, metas: Sequence[SnapshotMeta]) -> list[SnapshotMeta]:
