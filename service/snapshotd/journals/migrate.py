@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 
 from snapshotd.domain.errors import ConfigError, Unavailable
@@ -36,8 +37,10 @@ MIGRATIONS_ENV = "SNAPSHOTD_MIGRATIONS"
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,55}")
 _MIGRATION_RE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 _CONNECT_TIMEOUT_S = 10.0
-# SQLSTATE classes meaning "the server is unreachable or going away", not a bad statement.
-_CONNECTION_CLASSES = frozenset({"08", "53", "57", "58"})
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+"""SQLSTATE classes meaning "unreachable, going away or retry" (connection exceptions,
+transaction rollbacks, insufficient resources, operator intervention, system errors),
+as opposed to a bad statement or bad data."""
 
 
 class MigrationError(ConfigError):
@@ -198,7 +201,9 @@ async def migrate_target(target: PgTarget, *, directory: Path | None = None) -> 
         try:
             return await _migrate_locked(conn, target, known)
         finally:
-            await conn.close()
+            # Closing also releases the session advisory lock taken in _migrate_locked.
+            with anyio.move_on_after(5, shield=True):
+                await conn.close()
 
 
 async def _migrate_locked(
@@ -207,33 +212,28 @@ async def _migrate_locked(
     await conn.execute(
         "SELECT pg_advisory_lock(hashtextextended($1, 0))", target.lock_key("migrate")
     )
-    try:
-        pending = check_known(await applied_migrations(conn, target), known, target)
-        schema_exists = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", target.schema
-        )
-        applied: list[str] = []
-        for migration in pending:
-            async with conn.transaction():
-                if not schema_exists:
-                    await conn.execute(f"CREATE SCHEMA {target.quoted_schema}")
-                    schema_exists = True
-                await conn.execute(f"SET LOCAL search_path TO {target.quoted_schema}")
-                try:
-                    await conn.execute(migration.sql)
-                except asyncpg.PostgresError as exc:
-                    if exc.sqlstate[:2] in _CONNECTION_CLASSES:
-                        raise
-                    raise MigrationError(
-                        f"migration {migration.name} failed on {target.description}: {exc}"
-                    ) from None
-                await conn.execute(
-                    f"INSERT INTO {target.quoted_schema}.schema_migrations (name) VALUES ($1)",
-                    migration.name,
-                )
-            applied.append(migration.name)
-        return applied
-    finally:
-        await conn.execute(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 0))", target.lock_key("migrate")
-        )
+    pending = check_known(await applied_migrations(conn, target), known, target)
+    schema_exists = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", target.schema
+    )
+    applied: list[str] = []
+    for migration in pending:
+        async with conn.transaction():
+            if not schema_exists:
+                await conn.execute(f"CREATE SCHEMA {target.quoted_schema}")
+                schema_exists = True
+            await conn.execute(f"SET LOCAL search_path TO {target.quoted_schema}")
+            try:
+                await conn.execute(migration.sql)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES:
+                    raise
+                raise MigrationError(
+                    f"migration {migration.name} failed on {target.description}: {exc}"
+                ) from None
+            await conn.execute(
+                f"INSERT INTO {target.quoted_schema}.schema_migrations (name) VALUES ($1)",
+                migration.name,
+            )
+        applied.append(migration.name)
+    return applied

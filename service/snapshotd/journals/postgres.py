@@ -24,6 +24,7 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import (
+    BadRequest,
     Busy,
     Conflict,
     Corrupt,
@@ -31,6 +32,7 @@ from snapshotd.domain.errors import (
     SnapshotdError,
     StaleLease,
     Superseded,
+    TooLarge,
     Unavailable,
 )
 from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
@@ -69,10 +71,19 @@ def _wrap_errors(where: str) -> Iterator[None]:
     try:
         yield
     except asyncpg.PostgresError as exc:
-        mapped = _SQLSTATE_ERRORS.get(exc.sqlstate)
+        state = exc.sqlstate or ""
+        mapped = _SQLSTATE_ERRORS.get(state)
         if mapped is not None:
             raise mapped(str(exc)) from None
-        raise Unavailable(f"{where}: SQLSTATE {exc.sqlstate}: {exc}") from None
+        # Bad data and exceeded limits are the request's fault: retrying cannot help.
+        # Everything else (connections refused or ended, a database not accepting
+        # connections, a schema being migrated) is treated as an outage.
+        message = f"{where}: SQLSTATE {state}: {exc}"
+        if state[:2] == "22":
+            raise BadRequest(message) from None
+        if state[:2] == "54":
+            raise TooLarge(message) from None
+        raise Unavailable(message) from None
     except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
         # InternalClientError: a connection killed mid-operation can leave asyncpg's
         # protocol state behind ("another operation is in progress"); a retry works.

@@ -1,0 +1,48 @@
+"""The PostgreSQL adapter's error edge: which SQLSTATEs a client may retry."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from snapshotd.domain.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    SnapshotdError,
+    StaleLease,
+    TooLarge,
+    Unavailable,
+)
+from snapshotd.journals.postgres import _wrap_errors
+
+
+class _Raised(asyncpg.PostgresError):
+    """An error with an arbitrary SQLSTATE, as the append function raises them."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__("raised")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("error", "mapped"),
+    [
+        (asyncpg.exceptions.AdminShutdownError("m"), Unavailable),
+        (asyncpg.exceptions.SerializationError("m"), Unavailable),
+        (asyncpg.exceptions.CannotConnectNowError("m"), Unavailable),
+        (asyncpg.exceptions.NumericValueOutOfRangeError("m"), BadRequest),
+        (asyncpg.exceptions.ProgramLimitExceededError("m"), TooLarge),
+        (asyncpg.exceptions.ObjectNotInPrerequisiteStateError("m"), Unavailable),
+        (_Raised("SD404"), NotFound),
+        (_Raised("SD409"), Conflict),
+        (_Raised("SD423"), StaleLease),
+        (asyncpg.exceptions.InterfaceError("m"), Unavailable),
+        (ConnectionRefusedError(), Unavailable),
+    ],
+)
+def test_driver_errors_map_to_protocol_errors(
+    error: Exception, mapped: type[SnapshotdError]
+) -> None:
+    with pytest.raises(mapped), _wrap_errors("postgresql test"):
+        raise error
