@@ -51,6 +51,7 @@ SLICE_S = 0.00025
 CLOCK_EVERY_LINES = 32
 """The slice is checked once per this many lines (~50 us), so the clock costs next to nothing."""
 _PEERCRED = struct.Struct("3i")
+MAX_LABEL_CHARS = 128
 
 
 class SocketInUse(ConfigError):
@@ -232,6 +233,7 @@ class Server:
         read: the connection closes). Counts are added once per call.
         """
         daemon = self.daemon
+        instances = daemon.instances
         # defaultdict: its += is a plain dict update (Counter's is slower, per line).
         received: defaultdict[tuple[str, str], int] = defaultdict(int)
         rejected: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -251,7 +253,7 @@ class Server:
                 try:
                     req = codec.parse(line)
                 except codec.FrameError as exc:
-                    rejected[exc.instance, exc.code] += 1
+                    rejected[_label(exc.instance), exc.code] += 1
                     if exc.answer:
                         out.append(codec.encode_error(exc.request_id, exc.code, exc.message))
                     else:
@@ -260,7 +262,7 @@ class Server:
                 op = req["op"]
                 request_id = req.get("id")
                 instance = req["instance"]
-                label = instance
+                label = instance if instance in instances else _label(instance)
                 sync = SYNC_OPS.get(op)
                 try:
                     if sync is not None:
@@ -309,6 +311,16 @@ class Server:
             return True
         finally:
             _flush_counts(received, rejected)
+
+
+def _label(instance: str) -> str:
+    """The ``instance`` metric attribute of a request naming no configured instance.
+
+    SPEC: the request's instance, ``-`` when it could not be read. A name longer
+    than any real one counts as unreadable, so a client cannot fill the exporter's
+    series (bounded in number by the SDK) with megabyte-long attribute values.
+    """
+    return instance if len(instance) <= MAX_LABEL_CHARS else "-"
 
 
 async def _send_now(stream: SocketStream, data: bytes) -> None:

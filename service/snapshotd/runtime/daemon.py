@@ -43,7 +43,7 @@ class Daemon:
         try:
             return self.instances[name]
         except KeyError:
-            raise UnknownInstance(f"unknown instance {name!r}") from None
+            raise UnknownInstance(f"unknown instance {name[:128]!r}") from None
 
     def status(self) -> dict[str, Any]:
         """The ``status`` op result."""
