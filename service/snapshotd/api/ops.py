@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from snapshotd.api.savepoint_ops import SAVEPOINT_OPS
 from snapshotd.domain import validation
-from snapshotd.domain.errors import BadRequest, UnknownOp
+from snapshotd.domain.errors import BadRequest
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.journals.base import UNSET, _Unset
 
@@ -247,10 +247,3 @@ OPS.update(
     audit=audit,
 )
 OPS.update(SAVEPOINT_OPS)  # SPEC section 7
-
-
-def handler_for(op: str) -> Handler:
-    try:
-        return OPS[op]
-    except KeyError:
-        raise UnknownOp(f"unknown op {op[:100]!r}") from None

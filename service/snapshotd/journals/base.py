@@ -65,8 +65,9 @@ class Journal(Protocol):
     async def open(self) -> None:
         """Prepare storage (directories, format check, temp-file cleanup, pool).
 
-        Raises ConfigError-like ``Unavailable``/``Corrupt`` with a clear message when
-        the storage cannot be used (for example a ``format.json`` mismatch).
+        Raises ConfigError with a clear message when the storage cannot be used by
+        this version (a ``format.json`` mismatch, a directory held by another daemon,
+        unknown migrations) and Unavailable when it cannot be reached.
         """
         ...
 

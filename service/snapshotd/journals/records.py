@@ -37,10 +37,6 @@ def event_from_json(raw: bytes | str) -> Event:
     return Event(seq, type_, obj["data"], parse_time(obj["recorded_at"]))
 
 
-def meta_to_json(meta: SnapshotMeta) -> dict[str, Any]:
-    return meta.to_json()
-
-
 def meta_from_json(obj: dict[str, Any]) -> SnapshotMeta:
     kind: SnapshotKind = obj["kind"]
     expires = obj.get("expires_at")
