@@ -1,8 +1,12 @@
-"""Shared fixtures: the anyio backend and a real PostgreSQL for the session.
+"""Shared fixtures: the anyio backend, a real PostgreSQL for the session, and ``journal``.
 
 Async tests run on anyio's pytest plugin (``@pytest.mark.anyio``): its fixtures
 may hold task groups across ``yield``, which pytest-asyncio does not support
 well (pytest-asyncio stays installed in strict mode, so it never claims a test).
+
+``journal`` is one opened journal of every kind: each kind is a factory in
+``JOURNAL_FACTORIES`` and a test taking the fixture runs once per entry, so a new
+adapter joins the contract suite (and every other such test) by adding one line there.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from snapshotd.journals.base import Journal
+from snapshotd.journals.fs import FsJournal
+from snapshotd.journals.memory import MemoryJournal
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -131,3 +139,39 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
             if done.returncode == 0:
                 break
             time.sleep(0.5)
+
+
+JournalFactory = Callable[[pytest.FixtureRequest, Path], Journal]
+
+
+def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    return MemoryJournal()
+
+
+def _fs(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    return FsJournal(tmp_path / "journal")
+
+
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    from snapshotd.journals.postgres import PostgresJournal
+
+    pg_dsn: str = request.getfixturevalue("pg_dsn")
+    return PostgresJournal(f"{pg_dsn}?schema=t_{secrets.token_hex(6)}")
+
+
+JOURNAL_FACTORIES = [
+    pytest.param(_memory, id="memory"),
+    pytest.param(_fs, id="fs"),
+    pytest.param(_postgres, id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=JOURNAL_FACTORIES)
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    factory: JournalFactory = request.param
+    opened = factory(request, tmp_path)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.aclose()

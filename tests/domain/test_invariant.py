@@ -26,6 +26,7 @@ from snapshotd.domain.validation import INT64_MAX, INT64_MIN
 from snapshotd.journals.base import Journal
 from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.memory import MemoryJournal
+from tests.support import make_snapshot
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 VERSIONS = ["v0", "v1", "v2"]
@@ -88,17 +89,7 @@ def take(
     tail = events[base.meta.through_seq :] if base else events
     if not tail:
         return None
-    return compaction.compact(
-        run_id="run",
-        version=version,
-        reducer_name=scenario.reducer,
-        reducer=BUILTIN[scenario.reducer],
-        base=base,
-        tail=tail,
-        kind="auto",
-        now=T0,
-        safety_ttl_s=60,
-    ).snapshot
+    return make_snapshot("run", tail, base=base, version=version, reducer=scenario.reducer)
 
 
 def check_invariant(scenario: Scenario, snapshots: list[Snapshot], events: list[Event]) -> None:

@@ -8,11 +8,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from snapshotd.api.client import Client
+from tests.support import wait_for
 
 START_TIMEOUT_S = 15.0
 
@@ -63,17 +63,19 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         """Spawn and wait until the daemon answers ``ping``."""
         proc = self.spawn()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {proc.returncode}:\n{self.log()}")
             try:
                 with Client(self.socket_path, timeout=2) as client:
                     client.call("ping")
-                return self
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"daemon did not answer within {START_TIMEOUT_S} s:\n{self.log()}")
+                return False
+            return True
+
+        wait_for(answers, START_TIMEOUT_S, what=f"ping answered (log: {self.log_path})")
+        return self
 
     def client(self, timeout: float = 30.0) -> Client:
         return Client(self.socket_path, timeout=timeout)
@@ -157,13 +159,40 @@ def psql(dsn: str, sql: str, timeout: float = 30.0) -> str:
     return done.stdout.strip()
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
+def serve_to_exit(config: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``snapshotd serve --config`` (in the config's folder) to its exit, output captured:
+    for configurations that must fail at start-up."""
+    return subprocess.run(
+        [sys.executable, "-m", "snapshotd", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.parent,
+        check=False,
+    )
+
+
+def step_events(n: int, start: int = 0) -> list[dict[str, Any]]:
+    """``n`` append-ready ``step`` events with data {"i": start + 1} .. {"i": start + n}."""
+    return [{"type": "step", "data": {"i": start + i}} for i in range(1, n + 1)]
+
+
+def load_all(client: Client, run: str, page_size: int = 10_000) -> list[dict[str, Any]]:
+    """Every event of ``run``, through ``load`` pages after seq 0 (so no snapshot)."""
+    events: list[dict[str, Any]] = []
+    after = 0
     while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {value!r})")
-        time.sleep(interval)
+        page = client.call("load", run=run, after_seq=after, limit=page_size)
+        events.extend(page["events"])
+        after = page["next_after"]
+        if not page["has_more"]:
+            return events
+
+
+def steps_state(events: list[dict[str, Any]], state: Any = None) -> dict[str, Any]:
+    """The ``steps`` reducer over served events: checks a loaded snapshot + tail against
+    the full history."""
+    steps = dict((state or {}).get("steps", {}))
+    for event in events:
+        steps[str(event["seq"])] = {"type": event["type"], "data": event["data"]}
+    return {"steps": steps}

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from snapshotd.api.client import Client, ClientError
-from tests.e2e.daemon import DaemonProcess, instance_config, wait_for
+from tests.e2e.daemon import DaemonProcess, instance_config, load_all, step_events, steps_state
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -32,28 +33,6 @@ def own() -> Iterator[DaemonProcess]:
 def _configure(process: DaemonProcess, journal: str | None = None, policy: str = "") -> None:
     url = journal if journal is not None else f"fs:{process.root / 'data'}"
     process.config_path.write_text(instance_config(process.root, url, policy))
-
-
-def _events(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [{"type": "step", "data": {"i": start + i}} for i in range(1, n + 1)]
-
-
-def _load_all(client: Client, run: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = client.call("load", run=run, after_seq=after, limit=100_000)
-        events.extend(page["events"])
-        after = page["next_after"]
-        if not page["has_more"]:
-            return events
-
-
-def _steps(events: list[dict[str, Any]], state: Any = None) -> dict[str, Any]:
-    steps = dict((state or {}).get("steps", {}))
-    for event in events:
-        steps[str(event["seq"])] = {"type": event["type"], "data": event["data"]}
-    return {"steps": steps}
 
 
 def _run_dir(process: DaemonProcess, run: str) -> Path:
@@ -119,14 +98,14 @@ def _on_temp_file(directory: Path) -> Trigger:
 def _check_after_restart(process: DaemonProcess, last: int, context: str) -> None:
     process.start()
     with process.client() as client:
-        events = _load_all(client, "big")
+        events = load_all(client, "big")
         assert [e["seq"] for e in events] == list(range(1, last + 1)), context
         assert all(e["data"] == {"i": e["seq"]} for e in events), context
         verified = client.call("verify", run="big")
         assert verified["corrupt"] == [] and verified["drift"] == [], (context, verified)
         loaded = client.call("load", run="big", limit=100_000)
         state = None if loaded["snapshot"] is None else loaded["snapshot"]["state"]
-        assert len(_steps(loaded["events"], state)["steps"]) == last, context
+        assert len(steps_state(loaded["events"], state)["steps"]) == last, context
 
 
 @pytest.mark.parametrize("journal", ["fs", "postgresql"])
@@ -143,7 +122,7 @@ def test_kill_9_mid_snapshot(
     with own.client() as client:
         client.call("create_run", run="big", workflow="wf", version="v1")
         for start in range(0, BIG, 10_000):
-            client.call("append", run="big", events=_events(10_000, start))
+            client.call("append", run="big", events=step_events(10_000, start))
 
     # A full fold of 50k events takes ~0.2-0.3 s here: kill somewhere inside it.
     context = _snapshot_and_kill(own, _after(random.uniform(0.01, 0.3)))
@@ -151,14 +130,14 @@ def test_kill_9_mid_snapshot(
 
     # Then an incremental one (base + 1 event), killed during its file write on fs.
     with own.client() as client:
-        client.call("append", run="big", events=_events(1, BIG))
+        client.call("append", run="big", events=step_events(1, BIG))
     snapshots = _run_dir(own, "big") / "snapshots"
     trigger = _on_temp_file(snapshots) if journal == "fs" else _after(random.uniform(0, 0.15))
     context = _snapshot_and_kill(own, trigger)
     _check_after_restart(own, BIG + 1, context)
 
     with own.client() as client:
-        client.call("append", run="big", events=_events(1, BIG + 1))
+        client.call("append", run="big", events=step_events(1, BIG + 1))
         taken = client.call("snapshot_now", run="big", force=True)
         assert taken["status"] == "taken" and taken["through_seq"] == BIG + 2, context
         loaded = client.call("load", run="big")
@@ -212,14 +191,14 @@ def test_full_disk_answers_unavailable_then_recovers(own: DaemonProcess, tiny_di
     filler = tiny_disk / "filler"
     with own.client() as client:
         client.call("create_run", run="r", workflow="wf", version="v1")
-        client.call("append", run="r", events=_events(20))
+        client.call("append", run="r", events=step_events(20))
         assert client.call("snapshot_now", run="r")["status"] == "taken"
-        last = client.call("append", run="r", events=_events(20, 20))["last_seq"]
+        last = client.call("append", run="r", events=step_events(20, 20))["last_seq"]
 
         _fill(filler)
         # Bigger than a page, so it cannot fit in the slack of the file's last page.
         for op, fields in (
-            ("append", {"run": "r", "events": _events(300, last)}),
+            ("append", {"run": "r", "events": step_events(300, last)}),
             ("create_run", {"run": "r2", "workflow": "wf", "version": "v1"}),
         ):
             with pytest.raises(ClientError) as caught:
@@ -242,7 +221,7 @@ def test_full_disk_answers_unavailable_then_recovers(own: DaemonProcess, tiny_di
         assert client.call("ping") == {"pong": True}
 
         filler.unlink()
-        last = client.call("append", run="r", events=_events(300, last))["last_seq"]
+        last = client.call("append", run="r", events=step_events(300, last))["last_seq"]
         assert last == 340
         assert client.call("create_run", run="r2", workflow="wf", version="v1") == {"created": True}
         assert client.call("snapshot_now", run="r")["status"] == "taken"
@@ -254,7 +233,7 @@ def test_full_disk_answers_unavailable_then_recovers(own: DaemonProcess, tiny_di
 
     own.start()
     with own.client() as client:
-        events = _load_all(client, "r")
+        events = load_all(client, "r")
         assert [e["seq"] for e in events] == list(range(1, 341))
         assert [e["data"]["i"] for e in events] == list(range(1, 341))
         loaded = client.call("load", run="r")
@@ -269,11 +248,11 @@ def test_full_disk_answers_unavailable_then_recovers(own: DaemonProcess, tiny_di
 def _two_snapshots(client: Client) -> tuple[str, str]:
     """Run ``r``: a snapshot through 10, one through 20, then 5 more events."""
     client.call("create_run", run="r", workflow="wf", version="v1")
-    client.call("append", run="r", events=_events(10))
+    client.call("append", run="r", events=step_events(10))
     older = client.call("snapshot_now", run="r", force=True)["snapshot_id"]
-    client.call("append", run="r", events=_events(10, 10))
+    client.call("append", run="r", events=step_events(10, 10))
     newer = client.call("snapshot_now", run="r", force=True)["snapshot_id"]
-    client.call("append", run="r", events=_events(5, 20))
+    client.call("append", run="r", events=step_events(5, 20))
     return older, newer
 
 
@@ -289,8 +268,8 @@ def _assert_falls_back(client: Client, older: str) -> None:
     assert loaded["snapshot"]["snapshot_id"] == older
     assert loaded["snapshot"]["through_seq"] == 10
     assert [e["seq"] for e in loaded["events"]] == list(range(11, 26))
-    full = _load_all(client, "r")
-    assert _steps(loaded["events"], loaded["snapshot"]["state"]) == _steps(full)
+    full = load_all(client, "r")
+    assert steps_state(loaded["events"], loaded["snapshot"]["state"]) == steps_state(full)
 
 
 def test_damaged_snapshot_payload_falls_back_and_is_reported(own: DaemonProcess) -> None:
@@ -311,7 +290,7 @@ def test_damaged_snapshot_payload_falls_back_and_is_reported(own: DaemonProcess)
         assert taken["status"] == "taken" and taken["through_seq"] == 25
         loaded = client.call("load", run="r")
         assert loaded["snapshot"]["snapshot_id"] == taken["snapshot_id"]
-        assert _steps([], loaded["snapshot"]["state"]) == _steps(_load_all(client, "r"))
+        assert steps_state([], loaded["snapshot"]["state"]) == steps_state(load_all(client, "r"))
         # The damaged one does not count towards keep_snapshots = 2: the intact older
         # one stays, and the damaged one is kept for inspection.
         listed = [s["snapshot_id"] for s in client.call("list_snapshots", run="r")["snapshots"]]
@@ -343,7 +322,7 @@ def test_unreadable_snapshot_metadata_is_set_aside(own: DaemonProcess) -> None:
             reported = _corrupt_reported(client, damaged)
             assert len(reported) == 1 and str(snapshots) in reported[0]["error"]
 
-        assert client.call("append", run="r", events=_events(5, 25))["last_seq"] == 30
+        assert client.call("append", run="r", events=step_events(5, 25))["last_seq"] == 30
         taken = client.call("snapshot_now", run="r", force=True)
         assert taken["status"] == "taken" and taken["through_seq"] == 30
         listed = [s["snapshot_id"] for s in client.call("list_snapshots", run="r")["snapshots"]]
@@ -363,7 +342,7 @@ def test_bad_events_line_makes_only_that_run_corrupt_after_restart(own: DaemonPr
     with own.client() as client:
         for run in ("bad", "good"):
             client.call("create_run", run=run, workflow="wf", version="v1")
-            client.call("append", run=run, events=_events(10))
+            client.call("append", run=run, events=step_events(10))
         # A snapshot covering the damaged line must not hide the damage.
         assert client.call("snapshot_now", run="bad")["through_seq"] == 10
     assert own.stop() == 0
@@ -376,7 +355,7 @@ def test_bad_events_line_makes_only_that_run_corrupt_after_restart(own: DaemonPr
     own.start()
     with own.client() as client:
         for op, fields in (
-            ("append", {"events": _events(1, 10)}),
+            ("append", {"events": step_events(1, 10)}),
             ("load", {}),
             ("load", {"after_seq": 10}),
             ("verify", {}),
@@ -402,7 +381,7 @@ def test_bad_events_line_makes_only_that_run_corrupt_after_restart(own: DaemonPr
         skipped = [e for e in entries if e["kind"] == "snapshot_skipped"]
         assert {e["reason"] for e in skipped} == {"journal_error"}
 
-        assert client.call("append", run="good", events=_events(5, 10))["last_seq"] == 15
+        assert client.call("append", run="good", events=step_events(5, 10))["last_seq"] == 15
         assert client.call("snapshot_now", run="good")["through_seq"] == 15
         assert client.call("load", run="good")["snapshot"]["through_seq"] == 15
         assert client.call("ping") == {"pong": True}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from snapshotd.api.client import ClientError
-from tests.e2e.daemon import DaemonProcess, default_config
+from tests.e2e.daemon import DaemonProcess, default_config, serve_to_exit
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -44,6 +43,9 @@ def test_sigterm_drains_quickly_and_removes_the_socket(own: DaemonProcess) -> No
     assert not os.path.exists(own.socket_path)
 
 
+APPENDS_BEFORE_KILL = 20
+
+
 def test_kill_9_mid_work_loses_nothing_acknowledged(own: DaemonProcess) -> None:
     own.start()
     acknowledged: dict[str, int] = {}
@@ -68,10 +70,15 @@ def test_kill_9_mid_work_loses_nothing_acknowledged(own: DaemonProcess) -> None:
             if not killed.is_set():
                 errors.append(exc)
 
+    def all_writers_under_way() -> bool:
+        assert errors == []
+        seqs = list(acknowledged.values())
+        return len(seqs) == len(threads) and min(seqs) >= 5 * APPENDS_BEFORE_KILL
+
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    wait_for(all_writers_under_way, what=f"{APPENDS_BEFORE_KILL} appends acknowledged per writer")
     killed.set()
     own.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     own.proc.wait(10)  # type: ignore[union-attr]
@@ -109,14 +116,7 @@ def test_invalid_config_names_the_key(tmp_path: Path) -> None:
     config.write_text(
         default_config(tmp_path).replace("snapshot_threshold = 10", "snapshot_threshold = -1")
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "snapshotd", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = serve_to_exit(config, timeout=30)
     assert done.returncode == 2
     assert "instances.default.snapshot_threshold" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,8 +20,17 @@ from typing import Any
 import orjson
 import pytest
 
-from snapshotd.api.client import Client, ClientError
-from tests.e2e.daemon import DaemonProcess, instance_config, psql, wait_for
+from snapshotd.api.client import ClientError
+from tests.e2e.daemon import (
+    DaemonProcess,
+    instance_config,
+    load_all,
+    psql,
+    serve_to_exit,
+    step_events,
+    steps_state,
+)
+from tests.support import wait_for
 
 Spawn = Callable[[str, str], DaemonProcess]
 
@@ -60,41 +68,17 @@ def own_db(pg_server: str) -> Iterator[tuple[str, str]]:
         psql(f"{pg_server}/postgres", f'drop database if exists "{name}" with (force)')
 
 
-def _events(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [{"type": "step", "data": {"n": start + i}} for i in range(1, n + 1)]
-
-
 def _sql_append(dsn: str, schema: str, run: str, events: list[dict[str, Any]]) -> int:
     body = orjson.dumps(events).decode().replace("'", "''")
     return int(psql(dsn, f"select {schema}.append_events('{run}', null, '{body}'::jsonb)"))
-
-
-def _load_all(client: Client, run: str) -> list[dict[str, Any]]:
-    """Every event of ``run`` through ``load`` pages (no snapshot)."""
-    events: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = client.call("load", run=run, after_seq=after, limit=1000)
-        events.extend(page["events"])
-        after = page["next_after"]
-        if not page["has_more"]:
-            return events
-
-
-def _steps_state(events: list[dict[str, Any]], state: Any = None) -> Any:
-    """The ``steps`` reducer, for checking loaded snapshot + tail against full history."""
-    steps = dict((state or {}).get("steps", {}))
-    for event in events:
-        steps[str(event["seq"])] = {"type": event["type"], "data": event["data"]}
-    return {"steps": steps}
 
 
 def test_notify_drives_snapshots_for_plain_sql_appends(pg_dsn: str, spawn: Spawn) -> None:
     schema = _schema()
     daemon = spawn(f"{pg_dsn}?schema={schema}", "snapshot_threshold = 10\nsnapshot_interval_s = 0")
     psql(pg_dsn, f"insert into {schema}.runs (run_id, workflow, version) values ('r1', 'wf', 'v1')")
-    assert _sql_append(pg_dsn, schema, "r1", _events(5)) == 5
-    assert _sql_append(pg_dsn, schema, "r1", _events(7, 5)) == 12
+    assert _sql_append(pg_dsn, schema, "r1", step_events(5)) == 5
+    assert _sql_append(pg_dsn, schema, "r1", step_events(7, 5)) == 12
 
     query = f"select through_seq, kind from {schema}.snapshots where run_id = 'r1'"
     assert wait_for(lambda: psql(pg_dsn, query), timeout=10) == "12|auto"
@@ -102,8 +86,8 @@ def test_notify_drives_snapshots_for_plain_sql_appends(pg_dsn: str, spawn: Spawn
         loaded = client.call("load", run="r1")
         assert loaded["snapshot"]["through_seq"] == 12
         assert loaded["events"] == []
-        full = _load_all(client, "r1")
-        assert loaded["snapshot"]["state"] == _steps_state(full)
+        full = load_all(client, "r1")
+        assert loaded["snapshot"]["state"] == steps_state(full)
         assert client.call("status")["instances"]["default"]["taken"] == 1
 
 
@@ -128,7 +112,7 @@ def test_two_daemons_share_one_schema(pg_dsn: str, spawn: Spawn) -> None:
         try:
             for round_ in range(40):
                 for index, run in enumerate(runs):
-                    events = _events(3, round_ * 3)
+                    events = step_events(3, round_ * 3)
                     last = clients[(round_ + index) % 2].call("append", run=run, events=events)
                     assert last["last_seq"] == len(acknowledged[run]) + 3
                     acknowledged[run].extend(e["data"] for e in events)
@@ -193,12 +177,12 @@ def test_two_daemons_share_one_schema(pg_dsn: str, spawn: Spawn) -> None:
         with d.client() as client:
             statuses.append(client.call("status")["instances"]["default"])
             for run in runs:
-                full = _load_all(client, run)
+                full = load_all(client, run)
                 assert [e["seq"] for e in full] == list(range(1, 121))
                 assert [e["data"] for e in full] == acknowledged[run]
                 loaded = client.call("load", run=run)
                 state = None if loaded["snapshot"] is None else loaded["snapshot"]["state"]
-                assert _steps_state(loaded["events"], state) == _steps_state(full)
+                assert steps_state(loaded["events"], state) == steps_state(full)
                 verified = client.call("verify", run=run)
                 assert (verified["corrupt"], verified["drift"]) == ([], [])
     # Contention shows as `busy`, counted by the daemon that answered it (its queued
@@ -246,7 +230,7 @@ def test_journal_outage_and_recovery(
     daemon = spawn(f"{dsn}?schema={schema}", "snapshot_threshold = 10\nsnapshot_interval_s = 0")
     with daemon.client() as client:
         client.call("create_run", run="r1", workflow="wf", version="v1")
-        acknowledged = client.call("append", run="r1", events=_events(5))["last_seq"]
+        acknowledged = client.call("append", run="r1", events=step_events(5))["last_seq"]
 
     killer = _outage(f"{pg_server}/postgres", database, tmp_path)
     seen: Counter[str] = Counter()
@@ -254,7 +238,7 @@ def test_journal_outage_and_recovery(
     with daemon.client(timeout=40) as client:
         while killer.poll() is None:
             for op, fields in (
-                ("append", {"run": "r1", "events": _events(1)}),
+                ("append", {"run": "r1", "events": step_events(1)}),
                 ("load", {"run": "r1"}),
                 ("list_snapshots", {"run": "r1"}),
                 ("snapshot_now", {"run": "r1", "force": True}),
@@ -288,9 +272,9 @@ def test_journal_outage_and_recovery(
         assert status["restarts"] == 0
         assert status["skipped"]["internal"] == 0, _problems(daemon)
         assert status["skipped"]["journal_error"] >= reasons["journal_error"]
-        last = client.call("append", run="r1", events=_events(2))["last_seq"]
+        last = client.call("append", run="r1", events=step_events(2))["last_seq"]
         assert last >= acknowledged + 2
-        full = _load_all(client, "r1")
+        full = load_all(client, "r1")
         assert [e["seq"] for e in full] == list(range(1, last + 1))
         assert client.call("snapshot_now", run="r1", force=True)["status"] == "taken"
         assert client.call("verify", run="r1")["corrupt"] == []
@@ -299,7 +283,7 @@ def test_journal_outage_and_recovery(
 
     # The watcher listens again: a plain-SQL append still gets its snapshot.
     psql(dsn, f"insert into {schema}.runs (run_id, workflow, version) values ('r2', 'wf', 'v1')")
-    _sql_append(dsn, schema, "r2", _events(12))
+    _sql_append(dsn, schema, "r2", step_events(12))
     query = f"select through_seq from {schema}.snapshots where run_id = 'r2'"
     assert wait_for(lambda: psql(dsn, query), timeout=20) == "12"
     assert daemon.alive()
@@ -323,14 +307,7 @@ def test_unreachable_database_fails_start_up_clearly(tmp_path: Path) -> None:
     journal = f"postgresql://postgres@127.0.0.1:{port}/nowhere?schema=sd"
     config.write_text(instance_config(tmp_path, journal))
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "snapshotd", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = serve_to_exit(config)
     assert time.monotonic() - started < 20
     assert done.returncode == 1, done.stderr
     last_line = done.stderr.strip().splitlines()[-1]

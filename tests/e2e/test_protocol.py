@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from snapshotd.api.client import Client, ClientError
-from tests.e2e.daemon import DaemonProcess, read_line, wait_for
+from tests.e2e.daemon import DaemonProcess, read_line
+from tests.support import wait_for
 
 EVENT = [{"type": "t", "data": {"n": 1}}]
 

@@ -1,7 +1,7 @@
 """Crash-test writer for the fs journal: appends, snapshots, prunes and writes documents
 in a loop until killed, printing each acknowledged write to stdout (flushed).
 
-Usage: ``python fs_writer.py ROOT SEED``. Output lines:
+Usage: ``python -m tests.journals.fs_writer ROOT SEED``. Output lines:
 ``ack SEQ`` (events through SEQ are durable), ``snap ID`` (snapshot written),
 ``deleting ID...`` (about to delete), ``audit CURSOR``, ``doc VERSION``.
 """
@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 
 import anyio
 
-from snapshotd.domain import compaction
 from snapshotd.domain.model import NewEvent, Snapshot
-from snapshotd.domain.reducers import last_by_key
 from snapshotd.journals.fs import FsJournal
+from tests.support import make_snapshot
 
 RUN = "crash-run"
 
@@ -50,17 +49,7 @@ async def main(root: str, seed: int) -> None:
                 base = await journal.read_snapshot(RUN, metas[0].snapshot_id)
             tail = await journal.read_events(RUN, 0 if base is None else base.meta.through_seq)
             if tail:
-                made = compaction.compact(
-                    run_id=RUN,
-                    version="v1",
-                    reducer_name="last_by_key",
-                    reducer=last_by_key,
-                    base=base,
-                    tail=tail,
-                    kind="auto",
-                    now=now,
-                    safety_ttl_s=60,
-                ).snapshot
+                made = make_snapshot(RUN, tail, base=base, reducer="last_by_key", now=now)
                 await journal.write_snapshot(made, lease=None)
                 say(f"snap {made.meta.snapshot_id}")
             if len(metas) >= 2:

@@ -8,7 +8,7 @@ audit log, documents and exact round-trips of awkward JSON.
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -17,13 +17,12 @@ import pytest
 
 from snapshotd.domain import compaction
 from snapshotd.domain.errors import Conflict, NotFound, StaleLease, Superseded
-from snapshotd.domain.model import Event, NewEvent, Snapshot, SnapshotKind
+from snapshotd.domain.model import Event, NewEvent
 from snapshotd.domain.reducers import fold, steps
 from snapshotd.journals.base import Journal
+from tests.support import T0, make_snapshot
 
 pytestmark = pytest.mark.anyio
-
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def ev(n: int, prefix: str = "e") -> list[NewEvent]:
@@ -36,27 +35,6 @@ async def make_run(
     assert await journal.create_run(run_id, "wf", "v1", lease, T0)
     if events:
         await journal.append(run_id, ev(events), expected_seq=0, lease=lease, now=T0)
-
-
-def snap(
-    run_id: str,
-    tail: list[Event],
-    *,
-    version: str = "v1",
-    kind: SnapshotKind = "auto",
-    now: datetime = T0,
-) -> Snapshot:
-    return compaction.compact(
-        run_id=run_id,
-        version=version,
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=tail,
-        kind=kind,
-        now=now,
-        safety_ttl_s=3600,
-    ).snapshot
 
 
 # runs -----------------------------------------------------------------------
@@ -220,8 +198,8 @@ async def test_read_event_page_edges(journal: Journal) -> None:
 async def test_snapshot_write_list_read(journal: Journal) -> None:
     await make_run(journal, events=6)
     events = await journal.read_events("run-1", 0)
-    first = snap("run-1", events[:2], now=T0)
-    second = snap("run-1", events[:5], now=T0 + timedelta(seconds=1), kind="manual")
+    first = make_snapshot("run-1", events[:2], now=T0)
+    second = make_snapshot("run-1", events[:5], now=T0 + timedelta(seconds=1), kind="manual")
     await journal.write_snapshot(first, lease=None)
     await journal.write_snapshot(second, lease=None)
     metas = await journal.list_snapshots("run-1")
@@ -242,9 +220,9 @@ async def test_snapshot_newest_first_orders_by_through_seq_then_created_at(
 ) -> None:
     await make_run(journal, events=4)
     events = await journal.read_events("run-1", 0)
-    late_low = snap("run-1", events[:3], now=T0 + timedelta(hours=1))
-    high = snap("run-1", events[:4], version="v2", now=T0)
-    safety = snap("run-1", events[:3], kind="safety", now=T0 + timedelta(hours=2))
+    late_low = make_snapshot("run-1", events[:3], now=T0 + timedelta(hours=1))
+    high = make_snapshot("run-1", events[:4], version="v2", now=T0)
+    safety = make_snapshot("run-1", events[:3], kind="safety", now=T0 + timedelta(hours=2))
     for s in (late_low, high, safety):
         await journal.write_snapshot(s, lease=None)
     ids = [m.snapshot_id for m in await journal.list_snapshots("run-1")]
@@ -254,23 +232,23 @@ async def test_snapshot_newest_first_orders_by_through_seq_then_created_at(
 async def test_snapshot_superseded(journal: Journal) -> None:
     await make_run(journal, events=5)
     events = await journal.read_events("run-1", 0)
-    await journal.write_snapshot(snap("run-1", events[:4]), lease=None)
+    await journal.write_snapshot(make_snapshot("run-1", events[:4]), lease=None)
     for tail in (events[:4], events[:2]):
         with pytest.raises(Superseded):
-            await journal.write_snapshot(snap("run-1", tail, kind="manual"), lease=None)
-    await journal.write_snapshot(snap("run-1", events[:2], version="v2"), lease=None)
-    await journal.write_snapshot(snap("run-1", events[:5]), lease=None)
+            await journal.write_snapshot(make_snapshot("run-1", tail, kind="manual"), lease=None)
+    await journal.write_snapshot(make_snapshot("run-1", events[:2], version="v2"), lease=None)
+    await journal.write_snapshot(make_snapshot("run-1", events[:5]), lease=None)
     assert [m.through_seq for m in await journal.list_snapshots("run-1")] == [5, 4, 2]
 
 
 async def test_safety_snapshots_neither_supersede_nor_are_superseded(journal: Journal) -> None:
     await make_run(journal, events=5)
     events = await journal.read_events("run-1", 0)
-    await journal.write_snapshot(snap("run-1", events[:4]), lease=None)
-    low_safety = snap("run-1", events[:2], kind="safety")
+    await journal.write_snapshot(make_snapshot("run-1", events[:4]), lease=None)
+    low_safety = make_snapshot("run-1", events[:2], kind="safety", safety_ttl_s=3600)
     await journal.write_snapshot(low_safety, lease=None)
-    await journal.write_snapshot(snap("run-1", events[:5], kind="safety"), lease=None)
-    await journal.write_snapshot(snap("run-1", events[:5]), lease=None)
+    await journal.write_snapshot(make_snapshot("run-1", events[:5], kind="safety"), lease=None)
+    await journal.write_snapshot(make_snapshot("run-1", events[:5]), lease=None)
     stored = await journal.read_snapshot("run-1", low_safety.meta.snapshot_id)
     assert stored.meta.expires_at == T0 + timedelta(seconds=3600)
     assert len(await journal.list_snapshots("run-1")) == 4
@@ -280,32 +258,32 @@ async def test_snapshot_lease_checks(journal: Journal) -> None:
     await make_run(journal, events=3, lease="owner")
     events = await journal.read_events("run-1", 0)
     with pytest.raises(StaleLease):
-        await journal.write_snapshot(snap("run-1", events[:1]), lease="thief")
-    await journal.write_snapshot(snap("run-1", events[:2]), lease="owner")
-    await journal.write_snapshot(snap("run-1", events[:3]), lease=None)
+        await journal.write_snapshot(make_snapshot("run-1", events[:1]), lease="thief")
+    await journal.write_snapshot(make_snapshot("run-1", events[:2]), lease="owner")
+    await journal.write_snapshot(make_snapshot("run-1", events[:3]), lease=None)
     assert len(await journal.list_snapshots("run-1")) == 2
 
 
 async def test_a_run_without_lease_accepts_any_snapshot_lease(journal: Journal) -> None:
     await make_run(journal, events=2)
     events = await journal.read_events("run-1", 0)
-    await journal.write_snapshot(snap("run-1", events[:1]), lease="anyone")
+    await journal.write_snapshot(make_snapshot("run-1", events[:1]), lease="anyone")
     await journal.set_lease("run-1", "owner")
     await journal.set_lease("run-1", None)
-    await journal.write_snapshot(snap("run-1", events[:2]), lease="someone-else")
+    await journal.write_snapshot(make_snapshot("run-1", events[:2]), lease="someone-else")
     assert len(await journal.list_snapshots("run-1")) == 2
 
 
 async def test_snapshot_of_unknown_run(journal: Journal) -> None:
     event = Event(1, "step", {}, T0)
     with pytest.raises(NotFound):
-        await journal.write_snapshot(snap("missing", [event]), lease=None)
+        await journal.write_snapshot(make_snapshot("missing", [event]), lease=None)
 
 
 async def test_delete_snapshots(journal: Journal) -> None:
     await make_run(journal, events=3)
     events = await journal.read_events("run-1", 0)
-    written = [snap("run-1", events[: i + 1]) for i in range(3)]
+    written = [make_snapshot("run-1", events[: i + 1]) for i in range(3)]
     for s in written:
         await journal.write_snapshot(s, lease=None)
     gone = await journal.delete_snapshots(
@@ -323,7 +301,7 @@ async def test_delete_snapshots(journal: Journal) -> None:
 async def test_pin_and_unpin(journal: Journal) -> None:
     await make_run(journal, events=2)
     events = await journal.read_events("run-1", 0)
-    s = snap("run-1", events)
+    s = make_snapshot("run-1", events)
     await journal.write_snapshot(s, lease=None)
     await journal.set_pinned("run-1", s.meta.snapshot_id, True)
     (meta,) = await journal.list_snapshots("run-1")
@@ -350,12 +328,12 @@ async def test_due_runs(journal: Journal) -> None:
     await make_run(journal, "tail-after-old", events=3)
     await make_run(journal, "tail-after-new", events=3)
     covered = await journal.read_events("covered", 0)
-    await journal.write_snapshot(snap("covered", covered), lease=None)
+    await journal.write_snapshot(make_snapshot("covered", covered), lease=None)
     old = await journal.read_events("tail-after-old", 0)
-    await journal.write_snapshot(snap("tail-after-old", old[:2]), lease=None)
+    await journal.write_snapshot(make_snapshot("tail-after-old", old[:2]), lease=None)
     new = await journal.read_events("tail-after-new", 0)
     await journal.write_snapshot(
-        snap("tail-after-new", new[:2], now=T0 + timedelta(hours=1)), lease=None
+        make_snapshot("tail-after-new", new[:2], now=T0 + timedelta(hours=1)), lease=None
     )
     assert await journal.due_runs(cutoff, 10) == ["fresh-events", "tail-after-old"]
     assert await journal.due_runs(cutoff, 1) == ["fresh-events"]
@@ -365,7 +343,7 @@ async def test_due_runs(journal: Journal) -> None:
 async def test_due_runs_ignores_snapshots_of_other_versions(journal: Journal) -> None:
     await make_run(journal, "r", events=2)
     events = await journal.read_events("r", 0)
-    await journal.write_snapshot(snap("r", events), lease=None)
+    await journal.write_snapshot(make_snapshot("r", events), lease=None)
     cutoff = T0 + timedelta(minutes=30)
     assert await journal.due_runs(cutoff, 10) == []
     await journal.set_version("r", "v2")
@@ -451,7 +429,7 @@ async def test_tricky_json_round_trips(journal: Journal) -> None:
         assert type(event.data) is type(value)
     page = await journal.read_event_page("run-1", 0, 100)
     assert [orjson.loads(raw)["data"] for raw in page.events] == TRICKY
-    s = snap("run-1", events)
+    s = make_snapshot("run-1", events)
     await journal.write_snapshot(s, lease=None)
     state = compaction.decode_state(await journal.read_snapshot("run-1", s.meta.snapshot_id))
     assert [state["steps"][str(i + 1)]["data"] for i in range(len(TRICKY))] == TRICKY
@@ -491,7 +469,7 @@ async def test_concurrent_appends_and_snapshots_are_serialised(journal: Journal)
             events = await journal.read_events("run-1", 0)
             if events:
                 with contextlib.suppress(Superseded):
-                    await journal.write_snapshot(snap("run-1", events), lease=None)
+                    await journal.write_snapshot(make_snapshot("run-1", events), lease=None)
             await anyio.sleep(0)
 
     async with anyio.create_task_group() as tg:

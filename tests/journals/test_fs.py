@@ -22,14 +22,16 @@ import pytest
 from snapshotd.domain import compaction
 from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
 from snapshotd.domain.model import NewEvent
-from snapshotd.domain.reducers import fold, last_by_key, steps
+from snapshotd.domain.reducers import fold, last_by_key
 from snapshotd.journals import fsio
 from snapshotd.journals.fs import FsJournal
+from tests.support import make_snapshot
 
 pytestmark = pytest.mark.anyio
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-WRITER = Path(__file__).with_name("fs_writer.py")
+# The writer imports tests.support, so it runs as a module from the repository root.
+REPO = Path(__file__).parents[2]
 
 
 def ev(n: int) -> list[NewEvent]:
@@ -82,18 +84,8 @@ async def test_hostile_run_ids_stay_inside_the_root(fs: FsJournal, root: Path) -
     for run_id in hostile:
         await add_run(fs, run_id, 2)
         events = await fs.read_events(run_id, 0)
-        made = compaction.compact(
-            run_id=run_id,
-            version="v1",
-            reducer_name="steps",
-            reducer=steps,
-            base=None,
-            tail=events,
-            kind="auto",
-            now=T0,
-            safety_ttl_s=1,
-        )
-        await fs.write_snapshot(made.snapshot, lease=None)
+        made = make_snapshot(run_id, events)
+        await fs.write_snapshot(made, lease=None)
         await fs.put_document(run_id, run_id, b"{}", None)
     real_root = root.resolve()
     for path in root.rglob("*"):
@@ -194,20 +186,6 @@ async def test_torn_last_line_ignored_then_overwritten(
     await fs.aclose()
 
 
-def snapshot_through(run_id: str, events: list[Any]) -> Any:
-    return compaction.compact(
-        run_id=run_id,
-        version="v1",
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=events,
-        kind="auto",
-        now=T0,
-        safety_ttl_s=1,
-    ).snapshot
-
-
 @pytest.mark.parametrize(
     "bad",
     [
@@ -226,7 +204,7 @@ async def test_bad_middle_line_makes_only_that_run_corrupt(
     await add_run(fs, "healthy", 5)
     # A snapshot covering the bad line must not hide it: the whole run is corrupt.
     await fs.write_snapshot(
-        snapshot_through("damaged", await fs.read_events("damaged", 0)), lease=None
+        make_snapshot("damaged", await fs.read_events("damaged", 0)), lease=None
     )
     path = events_file(root, "damaged")
     lines = path.read_bytes().splitlines(keepends=True)
@@ -327,17 +305,7 @@ async def test_damaged_run_record_and_snapshot_metadata(fs: FsJournal, root: Pat
     await add_run(fs, "a", 2)
     await add_run(fs, "b", 2)
     events = await fs.read_events("b", 0)
-    made = compaction.compact(
-        run_id="b",
-        version="v1",
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=events,
-        kind="auto",
-        now=T0,
-        safety_ttl_s=1,
-    ).snapshot
+    made = make_snapshot("b", events)
     await fs.write_snapshot(made, lease=None)
     run_json = events_file(root, "a").with_name("run.json")
     run_json.write_bytes(b"{oops")
@@ -358,17 +326,7 @@ async def test_damaged_run_record_and_snapshot_metadata(fs: FsJournal, root: Pat
 async def test_damaged_snapshot_payload_fails_verification(fs: FsJournal, root: Path) -> None:
     await add_run(fs, "r", 2)
     events = await fs.read_events("r", 0)
-    made = compaction.compact(
-        run_id="r",
-        version="v1",
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=events,
-        kind="auto",
-        now=T0,
-        safety_ttl_s=1,
-    ).snapshot
+    made = make_snapshot("r", events)
     await fs.write_snapshot(made, lease=None)
     snap_file = events_file(root, "r").parent / "snapshots" / f"{made.meta.snapshot_id}.snap"
     snap_file.write_bytes(snap_file.read_bytes().replace(b'"steps"', b'"stepz"'))
@@ -465,17 +423,7 @@ async def test_everything_survives_reopen(fs: FsJournal, root: Path) -> None:
     await fs.set_version("r", "v2")
     await fs.set_lease("r", "lease-2", expected="lease-1")
     events = await fs.read_events("r", 0)
-    made = compaction.compact(
-        run_id="r",
-        version="v2",
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=events,
-        kind="manual",
-        now=T0,
-        safety_ttl_s=1,
-    ).snapshot
+    made = make_snapshot("r", events, version="v2", kind="manual")
     await fs.write_snapshot(made, lease="lease-2")
     await fs.set_pinned("r", made.meta.snapshot_id, True)
     await fs.append_audit("taken", {"run_id": "r"}, T0)
@@ -558,17 +506,7 @@ async def test_failed_snapshot_write_leaves_nothing(
 ) -> None:
     await add_run(fs, "r", 2)
     events = await fs.read_events("r", 0)
-    made = compaction.compact(
-        run_id="r",
-        version="v1",
-        reducer_name="steps",
-        reducer=steps,
-        base=None,
-        tail=events,
-        kind="auto",
-        now=T0,
-        safety_ttl_s=1,
-    ).snapshot
+    made = make_snapshot("r", events)
 
     def eio(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -589,7 +527,8 @@ async def test_failed_snapshot_write_leaves_nothing(
 def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
     """Start the writer, let it work for a random moment, SIGKILL it; its complete lines."""
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(root), str(seed)],
+        [sys.executable, "-m", "tests.journals.fs_writer", str(root), str(seed)],
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

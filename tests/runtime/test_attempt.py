@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from snapshotd.domain import compaction
 from snapshotd.domain.errors import Busy, Corrupt, StaleLease, Superseded, Unavailable
 from snapshotd.domain.model import NewEvent, Snapshot, utcnow
 from snapshotd.journals.base import Journal
 from snapshotd.runtime.mailbox import Job
-from tests.journals.conftest import JOURNAL_FACTORIES, JournalFactory
+from tests.support import make_snapshot
 
 from .support import FaultyJournal, append, make_instance, new_run
 
@@ -288,17 +286,6 @@ async def test_snapshot_of_another_version_is_never_served() -> None:
     assert (await inst.load("r", after_seq=None, limit=10))["snapshot"] is None
 
 
-@pytest.fixture(params=JOURNAL_FACTORIES)
-async def any_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
-    factory: JournalFactory = request.param
-    opened = factory(request, tmp_path)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.aclose()
-
-
 async def _corrupt_snapshot_at_the_tip(journal: Journal, run_id: str) -> str:
     """Run with a good snapshot through 2 and a corrupt one (checksum) through 3."""
     now_ = utcnow()
@@ -308,17 +295,7 @@ async def _corrupt_snapshot_at_the_tip(journal: Journal, run_id: str) -> str:
     inst = make_instance(journal)
     assert (await now(inst, run_id, force=True))["through_seq"] == 2
     await journal.append(run_id, steps_[2:], expected_seq=2, lease=None, now=now_)
-    good = compaction.compact(
-        run_id=run_id,
-        version="v1",
-        reducer_name="steps",
-        reducer=inst.reducer_for("wf"),
-        base=None,
-        tail=await journal.read_events(run_id, 0),
-        kind="auto",
-        now=utcnow(),
-        safety_ttl_s=60,
-    ).snapshot
+    good = make_snapshot(run_id, await journal.read_events(run_id, 0), now=utcnow())
     bad = Snapshot(good.meta, good.payload.replace(b'"step"', b'"stop"'))
     assert bad.payload != good.payload
     await journal.write_snapshot(bad, lease=None)
@@ -326,13 +303,13 @@ async def _corrupt_snapshot_at_the_tip(journal: Journal, run_id: str) -> str:
 
 
 async def test_corrupt_newest_snapshot_does_not_block_a_rebuild_at_its_seq(
-    any_journal: Journal,
+    journal: Journal,
 ) -> None:
-    bad = await _corrupt_snapshot_at_the_tip(any_journal, "r")
-    inst = make_instance(any_journal)
+    bad = await _corrupt_snapshot_at_the_tip(journal, "r")
+    inst = make_instance(journal)
     rebuilt = await now(inst, "r", force=True)
     assert (rebuilt["status"], rebuilt["through_seq"]) == ("taken", 3)
-    listed = [m.snapshot_id for m in await any_journal.list_snapshots("r")]
+    listed = [m.snapshot_id for m in await journal.list_snapshots("r")]
     assert bad not in listed and rebuilt["snapshot_id"] == listed[0] and len(listed) == 2
     loaded = await inst.load("r", after_seq=None, limit=100)
     assert loaded["snapshot"]["snapshot_id"] == rebuilt["snapshot_id"]
@@ -344,12 +321,12 @@ async def test_corrupt_newest_snapshot_does_not_block_a_rebuild_at_its_seq(
     assert await now(inst, "r", force=True) == skipped("no_events")
 
 
-async def test_a_pinned_corrupt_snapshot_is_kept_and_still_blocks(any_journal: Journal) -> None:
-    bad = await _corrupt_snapshot_at_the_tip(any_journal, "r")
-    await any_journal.set_pinned("r", bad, True)
-    inst = make_instance(any_journal)
+async def test_a_pinned_corrupt_snapshot_is_kept_and_still_blocks(journal: Journal) -> None:
+    bad = await _corrupt_snapshot_at_the_tip(journal, "r")
+    await journal.set_pinned("r", bad, True)
+    inst = make_instance(journal)
     assert await now(inst, "r", force=True) == skipped("no_events")
-    assert bad in [m.snapshot_id for m in await any_journal.list_snapshots("r")]
+    assert bad in [m.snapshot_id for m in await journal.list_snapshots("r")]
     loaded = await inst.load("r", after_seq=None, limit=100)
     assert loaded["snapshot"]["through_seq"] == 2
     audit = (await inst.audit(0, 100))["events"]

@@ -1,4 +1,5 @@
-"""In-memory OpenTelemetry providers installed globally, once per test process.
+"""In-memory OpenTelemetry providers installed globally, once per test process, and
+helpers recording whole snapshot attempts.
 
 The instruments bind to the global providers, which can be set only once, so
 the session installs providers built by ``setup.build_providers`` (the same
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from snapshotd.telemetry.instruments import InstanceTelemetry
 from snapshotd.telemetry.setup import build_providers
 
 
@@ -96,3 +98,40 @@ def restore_logging() -> Iterator[None]:
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def record_taken(
+    tel: InstanceTelemetry, run_id: str, *, kind: str = "auto", through_seq: int = 10
+) -> str | None:
+    """A taken attempt in its own span, as the runtime records one; returns the trace id."""
+    with tel.snapshot_span(run_id) as span:
+        tel.taken(
+            span,
+            run_id=run_id,
+            kind=kind,
+            through_seq=through_seq,
+            size_bytes=300,
+            events_folded=through_seq,
+            duration_s=0.003,
+        )
+        return span.trace_id()
+
+
+def record_skipped(
+    tel: InstanceTelemetry,
+    run_id: str,
+    reason: str,
+    *,
+    error: BaseException | None = None,
+    through_seq: int | None = None,
+) -> None:
+    """A skipped attempt in its own span, as the runtime records one."""
+    with tel.snapshot_span(run_id) as span:
+        tel.skipped(
+            span,
+            run_id=run_id,
+            reason=reason,
+            duration_s=0.001,
+            error=error,
+            through_seq=through_seq,
+        )

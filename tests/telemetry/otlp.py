@@ -44,6 +44,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from tests.support import wait_for
+
 Attributes = tuple[tuple[str, Any], ...]
 
 
@@ -294,25 +296,21 @@ class Daemon:
         return [orjson.loads(line) for line in self.stderr_path.read_bytes().splitlines()]
 
 
-def _wait_until_ready(daemon: Daemon, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.process.poll() is not None:
-            stderr = daemon.stderr_path.read_text()
-            raise AssertionError(f"snapshotd serve exited {daemon.process.returncode}: {stderr}")
-        if daemon.socket_path.exists():
-            try:
-                client = SocketClient(daemon.socket_path)
-            except OSError:
-                pass
-            else:
-                try:
-                    if client.call("ping") == {"pong": True}:
-                        return
-                finally:
-                    client.close()
-        time.sleep(0.05)
-    raise AssertionError("snapshotd serve did not answer ping in time")
+def _answers_ping(daemon: Daemon) -> bool:
+    """Whether the daemon answers ``ping`` yet; raises once it has exited."""
+    if daemon.process.poll() is not None:
+        stderr = daemon.stderr_path.read_text()
+        raise AssertionError(f"snapshotd serve exited {daemon.process.returncode}: {stderr}")
+    if not daemon.socket_path.exists():
+        return False
+    try:
+        client = SocketClient(daemon.socket_path)
+    except OSError:
+        return False
+    try:
+        return client.call("ping") == {"pong": True}
+    finally:
+        client.close()
 
 
 @contextmanager
@@ -340,7 +338,7 @@ def running_daemon(
         )
     daemon = Daemon(process, tmp_path / "snapshotd.sock", stderr_path)
     try:
-        _wait_until_ready(daemon, timeout=15)
+        wait_for(lambda: _answers_ping(daemon), 15, what="snapshotd serve answering ping")
         yield daemon
     finally:
         if process.poll() is None:

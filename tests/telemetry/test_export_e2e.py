@@ -9,7 +9,7 @@ not disturb the daemon.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ import orjson
 import pytest
 
 from snapshotd.telemetry.instruments import DURATION_BUCKETS_S
+from tests.runtime.support import counted
+from tests.support import wait_for
 from tests.telemetry.otlp import (
     Daemon,
     Point,
@@ -59,20 +61,15 @@ def fast_export(endpoint: str) -> dict[str, str]:
     }
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def events(n: int) -> list[dict[str, Any]]:
     return [{"type": "step", "data": {"i": i}} for i in range(n)]
 
 
-def drive(client: SocketClient) -> None:
-    """A known mix of requests: taken, skipped, pruned, dropped, coalesced and rejected ones."""
+def drive(client: SocketClient) -> int:
+    """A known mix of requests: taken, skipped, pruned, dropped, coalesced and rejected ones.
+
+    Returns how many snapshot requests (``snapshot`` and ``snapshot_now``) it sent.
+    """
     client.call("create_run", run="r1", workflow="order", version="v1")
     client.call("append", run="r1", events=events(5))
     for _ in range(3):  # three manual snapshots with keep_snapshots = 2: one pruned
@@ -101,19 +98,21 @@ def drive(client: SocketClient) -> None:
     )
     client.send_raw(burst)
     assert client.call("ping") == {"pong": True}
+    return 3 + 2 + burst.count(b"\n")
 
 
-def settled_status(client: SocketClient) -> dict[str, Any]:
-    """The default instance's status once its queue is empty and counters stop moving."""
-    previous: dict[str, Any] | None = None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+def settled_status(client: SocketClient, sent: int) -> dict[str, Any]:
+    """The default instance's status once all ``sent`` snapshot requests are counted.
+
+    A request is counted when dropped or coalesced, or when its attempt ends, so an
+    empty queue alone is not enough: the attempt in flight is in no queue.
+    """
+
+    def complete() -> dict[str, Any] | None:
         status: dict[str, Any] = client.call("status")["instances"]["default"]
-        if status["queue_depth"] == 0 and status == previous:
-            return status
-        previous = status
-        time.sleep(0.2)
-    raise AssertionError(f"status never settled: {previous}")
+        return status if counted(status) == sent else None
+
+    return wait_for(complete, what=f"{sent} snapshot requests counted")
 
 
 def sums(points: dict[tuple[str, Any], Point], metric: str, by: str | None = None) -> Any:
@@ -176,14 +175,14 @@ def test_exports_every_metric_spans_and_counters_matching_status(tmp_path: Path)
         running_daemon(tmp_path, config(tmp_path), fast_export(endpoint)) as daemon,
     ):
         client = SocketClient(daemon.socket_path)
-        drive(client)
-        status = settled_status(client)
+        status = settled_status(client, drive(client))
+        assert status["queue_depth"] == 0
         assert status["dropped"] > 0
         assert status["coalesced"] > 0
 
         # Two exports after the counters settled: the latest one holds the final totals.
         exports = received.metric_exports()
-        wait_for(lambda: received.metric_exports() >= exports + 2, 5, "two more metric exports")
+        wait_for(lambda: received.metric_exports() >= exports + 2, 5, what="two more exports")
         assert client.call("status")["instances"]["default"] == status
         points = received.latest_points()
         assert sums(points, "snapshotd.snapshot.taken") == status["taken"]
@@ -202,7 +201,9 @@ def test_exports_every_metric_spans_and_counters_matching_status(tmp_path: Path)
         check_every_spec_metric(points)
 
         wait_for(
-            lambda: sum(s["name"] == "snapshot" for s in received.spans()) >= 5, 5, "snapshot spans"
+            lambda: sum(s["name"] == "snapshot" for s in received.spans()) >= 5,
+            5,
+            what="snapshot spans",
         )
         client.close()
         code, seconds = daemon.stop()

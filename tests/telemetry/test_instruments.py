@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 from snapshotd.domain.model import SNAPSHOT_KINDS
 from snapshotd.domain.policies import SKIP_REASONS
 from snapshotd.telemetry.instruments import DURATION_BUCKETS_S, instance_telemetry, rejected
-from tests.telemetry.conftest import Captured
+from tests.telemetry.conftest import Captured, record_skipped, record_taken
 
 # name: (kind, unit, extra attribute keys) — SPEC section 6, verbatim.
 SPEC_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
@@ -57,18 +57,8 @@ def record_everything(instance: str) -> None:
     tel.restarted()
     tel.lag(42)
     tel.pruned(2)
-    with tel.snapshot_span("run-1") as span:
-        tel.taken(
-            span,
-            run_id="run-1",
-            kind="auto",
-            through_seq=10,
-            size_bytes=300,
-            events_folded=10,
-            duration_s=0.003,
-        )
-    with tel.snapshot_span("run-2") as span:
-        tel.skipped(span, run_id="run-2", reason="below_threshold", duration_s=0.0001)
+    record_taken(tel, "run-1")
+    record_skipped(tel, "run-2", "below_threshold")
 
 
 def test_every_spec_metric_has_its_kind_unit_and_attributes(otel: Captured) -> None:
@@ -175,19 +165,8 @@ def test_queue_depth_skips_a_broken_source(otel: Captured) -> None:
 
 def test_one_snapshot_span_per_attempt(otel: Captured) -> None:
     tel = instance_telemetry("eta")
-    with tel.snapshot_span("run-a") as span:
-        tel.taken(
-            span,
-            run_id="run-a",
-            kind="manual",
-            through_seq=5,
-            size_bytes=10,
-            events_folded=5,
-            duration_s=0.001,
-        )
-        trace_id = span.trace_id()
-    with tel.snapshot_span("run-b") as span:
-        tel.skipped(span, run_id="run-b", reason="no_events", duration_s=0.001, through_seq=5)
+    trace_id = record_taken(tel, "run-a", kind="manual", through_seq=5)
+    record_skipped(tel, "run-b", "no_events", through_seq=5)
     taken, skipped = otel.finished_spans()
     assert taken.name == skipped.name == "snapshot"
     assert taken.attributes is not None and skipped.attributes is not None
@@ -206,14 +185,7 @@ def test_one_snapshot_span_per_attempt(otel: Captured) -> None:
 
 def test_errors_are_recorded_on_the_span(otel: Captured) -> None:
     tel = instance_telemetry("theta")
-    with tel.snapshot_span("run-c") as span:
-        tel.skipped(
-            span,
-            run_id="run-c",
-            reason="journal_error",
-            duration_s=0.01,
-            error=OSError("disk gone"),
-        )
+    record_skipped(tel, "run-c", "journal_error", error=OSError("disk gone"))
     (finished,) = otel.finished_spans()
     assert finished.status.status_code is StatusCode.ERROR
     assert finished.status.description == "disk gone"

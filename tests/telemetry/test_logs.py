@@ -12,7 +12,7 @@ import structlog
 
 from snapshotd.telemetry.instruments import instance_telemetry
 from snapshotd.telemetry.logs import configure_logging
-from tests.telemetry.conftest import Captured
+from tests.telemetry.conftest import Captured, record_skipped, record_taken
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -25,18 +25,8 @@ def test_snapshot_lines_are_json_with_the_spec_keys(otel: Captured) -> None:
     stream = io.StringIO()
     configure_logging(stream)
     tel = instance_telemetry("default")
-    with tel.snapshot_span("run-1") as span:
-        tel.taken(
-            span,
-            run_id="run-1",
-            kind="auto",
-            through_seq=3,
-            size_bytes=99,
-            events_folded=3,
-            duration_s=0.002,
-        )
-    with tel.snapshot_span("run-2") as span:
-        tel.skipped(span, run_id="run-2", reason="below_threshold", duration_s=0.001)
+    record_taken(tel, "run-1")
+    record_skipped(tel, "run-2", "below_threshold")
     taken, skipped = lines(stream)
     spans = {s.attributes["snapshotd.run_id"]: s for s in otel.finished_spans() if s.attributes}
     for line, run_id, reason in ((taken, "run-1", None), (skipped, "run-2", "below_threshold")):
