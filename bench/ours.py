@@ -274,14 +274,24 @@ def bench_fire_and_forget(socket_path: str, plan: Plan) -> Figures:
     }
 
 
-def _paced_round_trips(path: str, per_second: int, seconds: float) -> list[float]:
-    """Send ``snapshot`` requests with ids at a fixed rate from one thread and return
-    each reply's latency (s), measured from the request's scheduled send time."""
+LATENCY_OPS = ("ping", "snapshot")
+"""``ping``: the bare request->reply path (the SPEC target). ``snapshot`` with an id:
+each request also queues an attempt (on a hint run: span, metrics, log line) that the
+daemon runs between reads, so it shows what attempts add to a reply's wait."""
+
+
+def _paced_round_trips(path: str, op: str, per_second: int, seconds: float) -> list[float]:
+    """Send ``op`` requests with ids (``snapshot``: over the hint runs) at a fixed rate
+    from one thread and return each reply's latency (s), measured from the request's
+    scheduled send time."""
     total = int(per_second * seconds)
     interval = 1.0 / per_second
-    lines = [
-        encode("snapshot", i, instance="fs", run=f"hint-{i % HINT_RUNS}") for i in range(total)
-    ]
+    if op == "snapshot":
+        lines = [
+            encode("snapshot", i, instance="fs", run=f"hint-{i % HINT_RUNS}") for i in range(total)
+        ]
+    else:
+        lines = [encode(op, i) for i in range(total)]
     latencies = [0.0] * total
     # Blocking sends (a line rarely fills the buffer); recv only once select says so.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -319,20 +329,24 @@ def _paced_round_trips(path: str, per_second: int, seconds: float) -> list[float
 
 
 def bench_latency(socket_path: str, plan: Plan) -> Figures:
+    """Round trips of ``ping`` and of ``snapshot`` with id, each paced at the plan's rate."""
     create_hint_runs(socket_path)
-    p50: list[float] = []
-    p99: list[float] = []
+    out: Figures = {}
     with Connection(socket_path) as conn:
-        for _ in range(plan.repeats):
-            settle(conn)
-            latencies = _paced_round_trips(socket_path, plan.latency_rate, plan.latency_seconds)
-            p50.append(percentile(latencies, 0.50) * 1000)
-            p99.append(percentile(latencies, 0.99) * 1000)
-    what = f"snapshot with id at {plan.latency_rate:,}/s"
-    return {
-        "latency.p50": figure(f"round trip p50 ({what})", "ms", p50),
-        "latency.p99": figure(f"round trip p99 ({what})", "ms", p99),
-    }
+        for op in LATENCY_OPS:
+            p50: list[float] = []
+            p99: list[float] = []
+            for _ in range(plan.repeats):
+                settle(conn)
+                latencies = _paced_round_trips(
+                    socket_path, op, plan.latency_rate, plan.latency_seconds
+                )
+                p50.append(percentile(latencies, 0.50) * 1000)
+                p99.append(percentile(latencies, 0.99) * 1000)
+            what = f"{op}{' with id' if op == 'snapshot' else ''} at {plan.latency_rate:,}/s"
+            out[f"latency.{op}.p50"] = figure(f"round trip p50 ({what})", "ms", p50)
+            out[f"latency.{op}.p99"] = figure(f"round trip p99 ({what})", "ms", p99)
+    return out
 
 
 # --- memory and fairness under a flood -------------------------------------------------
@@ -344,10 +358,29 @@ def _completed(status: dict[str, Any]) -> int:
     return int(instance["taken"]) + sum(skipped.values())
 
 
+def _flood_sampled(conn: Connection, socket_path: str, payload: bytes) -> tuple[float, float]:
+    """Send ``payload`` on its own connection (until a ping behind it is answered) while
+    polling ``status`` every 0.1 s; returns (seconds, attempts ended per second, from the
+    second poll on: the first may land before the reader is busy)."""
+    sender = threading.Thread(target=_flood, args=(socket_path, payload))
+    samples: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    sender.start()
+    while sender.is_alive():
+        samples.append((time.perf_counter(), _completed(conn.call("status"))))
+        sender.join(0.1)
+    elapsed = time.perf_counter() - start
+    if len(samples) < 3:
+        raise RuntimeError(f"the flood ended after {elapsed:.2f} s: too short to sample")
+    (t0, c0), (t1, c1) = samples[1], samples[-1]
+    return elapsed, (c1 - c0) / (t1 - t0)
+
+
 def flood_once(workdir: Path, plan: Plan) -> dict[str, float]:
     """A fresh daemon with a small queue, flooded with ``snapshot`` requests over
     ``flood_runs`` runs of 20 events (threshold 100: each attempt reads the run and
-    skips as ``below_threshold``), polling ``status`` on a second connection."""
+    skips as ``below_threshold``), polling ``status`` on a second connection; then
+    flooded again over as many runs that do not exist (each attempt: ``no_run``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path = str(workdir / "flood.sock")
     config = render_config(
@@ -361,26 +394,22 @@ def flood_once(workdir: Path, plan: Plan) -> dict[str, float]:
             append_events(conn, "fs", f"ff-{r}", 1, 20)
         settle(conn)
         rss_before = daemon.peak_rss_bytes()
-        payload = b"".join(
-            encode("snapshot", instance="fs", run=f"ff-{i % plan.flood_runs}")
-            for i in range(plan.flood_requests)
-        )
-        sender = threading.Thread(target=_flood, args=(socket_path, payload))
-        samples: list[tuple[float, int]] = []
-        start = time.perf_counter()
-        sender.start()
-        while sender.is_alive():
-            samples.append((time.perf_counter(), _completed(conn.call("status"))))
-            sender.join(0.1)
-        elapsed = time.perf_counter() - start
+
+        def payload(prefix: str) -> bytes:
+            return b"".join(
+                encode("snapshot", instance="fs", run=f"{prefix}-{i % plan.flood_runs}")
+                for i in range(plan.flood_requests)
+            )
+
+        elapsed, attempts = _flood_sampled(conn, socket_path, payload("ff"))
         status = conn.call("status")["instances"]["fs"]
         rss_peak = daemon.peak_rss_bytes()
-    if len(samples) < 3:
-        raise RuntimeError(f"the flood ended after {elapsed:.2f} s: too short to sample")
-    (t0, c0), (t1, c1) = samples[1], samples[-1]
+        settle(conn)
+        _, attempts_missing = _flood_sampled(conn, socket_path, payload("missing"))
     return {
         "accepted_per_s": plan.flood_requests / elapsed,
-        "attempts_per_s": (c1 - c0) / (t1 - t0),
+        "attempts_per_s": attempts,
+        "attempts_missing_per_s": attempts_missing,
         "rss_before_mb": rss_before / 1e6,
         "rss_peak_mb": rss_peak / 1e6,
         "dropped": float(status["dropped"]),
@@ -400,6 +429,11 @@ def bench_flood(workdir: Path, plan: Plan) -> Figures:
         "flood.rss_before": figure("daemon peak RSS before the flood", "MB", col("rss_before_mb")),
         "flood.attempts": figure(
             f"snapshot attempts completed during the flood ({n})", "/s", col("attempts_per_s")
+        ),
+        "flood.attempts_missing": figure(
+            f"snapshot attempts completed during a flood naming runs that do not exist ({n})",
+            "/s",
+            col("attempts_missing_per_s"),
         ),
         "flood.accepted": figure(
             f"requests read during the flood ({n})", "/s", col("accepted_per_s")

@@ -20,7 +20,12 @@ whole or not at all.
 The flock makes this process the only writer, which is what lets each run keep a
 cache (record, events tip, snapshot metadata) instead of re-reading files: caches
 are filled from disk on first touch and updated by the worker thread that did the
-write, so a cancelled caller can never leave a cache behind the disk.
+write, so a cancelled caller can never leave a cache behind the disk. For the same
+reason the set of run directory names read at open (and added to by ``create_run``)
+answers "no such run" on the event loop, with no file-system call: a flood of
+requests naming unknown runs must not queue a worker thread each. Once a run's
+cache is filled, ``get_run``, ``list_snapshots`` and ``damaged_snapshots`` are
+answered from it too; only first use of a run, event reads and writes touch disk.
 
 Filling a run's cache also parses its whole ``events.jsonl`` once (about 0.8 s per
 million events), because a bad line anywhere makes the run corrupt (SPEC section 5),
@@ -178,6 +183,8 @@ class _RunFiles:
     events_damage: str | None
     """Why ``events.jsonl`` is corrupt (file and line), once found; None while intact."""
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    _listed: list[SnapshotMeta] = field(default_factory=list)
+    _listed_from: dict[str, SnapshotMeta] | None = None
 
     @property
     def snapshot_dir(self) -> str:
@@ -185,6 +192,14 @@ class _RunFiles:
 
     def snapshot_path(self, snapshot_id: str) -> str:
         return os.path.join(self.snapshot_dir, snapshot_id + _SNAP_SUFFIX)
+
+    def listed(self) -> list[SnapshotMeta]:
+        """The snapshots newest first, sorted once per replacement of ``snapshots``."""
+        snapshots = self.snapshots
+        if self._listed_from is not snapshots:
+            self._listed = newest_first(snapshots.values())
+            self._listed_from = snapshots
+        return list(self._listed)
 
     def intact_events(self) -> JsonlLog:
         """The events log; Corrupt when it is known to be damaged."""
@@ -219,6 +234,7 @@ class FsJournal:
         self._lock_fd: int | None = None
         self._runs: dict[str, _RunFiles] = {}
         self._run_ids: list[str] = []
+        self._run_dirs: set[str] = set()
         self._audit = JsonlLog(os.path.join(self._root, "audit.jsonl"), "cursor")
         self._create_lock = anyio.Lock()
         self._audit_lock = anyio.Lock()
@@ -243,10 +259,17 @@ class FsJournal:
             raise _unavailable(exc) from exc
 
     async def _files(self, run_id: str) -> _RunFiles:
-        """The run's cache, filled from disk on first touch. Raises NotFound."""
+        """The run's cache, filled from disk on first touch. Raises NotFound.
+
+        A run whose directory name was not there at open nor created since does not
+        exist (nothing else writes the root): that answer needs no worker thread.
+        """
         files = self._runs.get(run_id)
         if files is not None:
             return files
+        self._require_open()
+        if entry_name(run_id) not in self._run_dirs:
+            raise NotFound(f"run {run_id!r} not found")
         loaded = await self._io(partial(self._load_run, run_id))
         if loaded is None:
             raise NotFound(f"run {run_id!r} not found")
@@ -278,7 +301,7 @@ class FsJournal:
             self._check_format()
             os.makedirs(self._docs_dir, exist_ok=True)
             self._remove_temp_files()
-            self._run_ids = self._scan_run_ids()
+            self._run_ids, self._run_dirs = self._scan_runs()
             self._audit.load()
         except BaseException:
             os.close(fd)
@@ -343,13 +366,21 @@ class FsJournal:
                     else:
                         os.unlink(entry.path)
 
-    def _scan_run_ids(self) -> list[str]:
+    def _scan_runs(self) -> tuple[list[str], set[str]]:
+        """The sorted ids of the runs in the root, and the names of every run directory.
+
+        A directory that no id maps to (damaged ``run.json`` of an ``h-`` name, say)
+        is not listed, but its name is kept, so using the run reports the damage.
+        """
         ids: list[str] = []
+        directories: set[str] = set()
         with os.scandir(self._root) as entries:
             for entry in entries:
                 name = entry.name
                 if not entry.is_dir(follow_symlinks=False):
                     continue
+                if name.startswith(_RUN_PREFIXES):
+                    directories.add(name)
                 try:
                     if name.startswith("id-"):
                         run_id = bytes.fromhex(name[3:]).decode("utf-8")
@@ -363,12 +394,13 @@ class FsJournal:
                     # Not addressable by any id: a damaged or foreign directory.
                     continue
         ids.sort()
-        return ids
+        return ids, directories
 
     async def aclose(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         self._runs.clear()
         self._run_ids = []
+        self._run_dirs = set()
         if fd is not None:
             os.close(fd)
 
@@ -439,11 +471,14 @@ class FsJournal:
             run = Run(run_id, workflow, version, lease, 0, now)
             loaded = await self._io(partial(self._create_blocking, run))
             self._runs.setdefault(run_id, _RunFiles(*loaded))
-            bisect.insort(self._run_ids, run_id)
             return True
 
     def _create_blocking(self, run: Run) -> _Loaded:
-        """Build the run directory under a temp name, then rename it into place."""
+        """Build the run directory under a temp name, then rename it into place.
+
+        The run is made known here, in the worker thread, right after the rename: a
+        caller cancelled meanwhile must not leave the directory unknown.
+        """
         tmp = temp_path(self._root)
         os.mkdir(tmp)
         try:
@@ -461,6 +496,8 @@ class FsJournal:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._run_dirs.add(os.path.basename(directory))
+        bisect.insort(self._run_ids, run.run_id)
         fsync_dir(self._root)
         events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
         return directory, run, events, {}, {}, None
@@ -470,7 +507,9 @@ class FsJournal:
             files = await self._files(run_id)
         except NotFound:
             return None
-        return replace(files.run, last_seq=files.intact_events().tip[0])
+        run = files.run
+        last_seq = files.intact_events().tip[0]
+        return Run(run.run_id, run.workflow, run.version, run.lease, last_seq, run.created_at)
 
     async def set_version(self, run_id: str, version: str) -> None:
         files = await self._files(run_id)
@@ -546,7 +585,7 @@ class FsJournal:
 
     async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
         files = await self._files(run_id)
-        return newest_first(files.snapshots.values())
+        return files.listed()
 
     async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
         files = await self._files(run_id)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
@@ -111,6 +112,10 @@ async def actor_loop(instance: Instance) -> None:
         instance.in_flight = job
         await instance.handle(job)
         instance.in_flight = None
+        # An attempt can end without yielding (a cached run, a cheap skip) and the
+        # mailbox hands out queued Jobs without waiting: one step per attempt keeps
+        # the socket readers and the other instances served.
+        await anyio.lowlevel.checkpoint()
 
 
 async def sweep_loop(instance: Instance) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -74,33 +74,56 @@ def _reports_corrupt_run(
     return reporting
 
 
-class _RunLock:
-    __slots__ = ("lock", "users")
+class _Hold:
+    """``async with`` one run's lock (see ``RunLocks``)."""
 
-    def __init__(self) -> None:
-        self.lock = anyio.Lock()
-        self.users = 0
+    __slots__ = ("_locks", "_run_id")
+
+    def __init__(self, locks: dict[str, deque[anyio.Event]], run_id: str) -> None:
+        self._locks = locks
+        self._run_id = run_id
+
+    async def __aenter__(self) -> None:
+        waiting = self._locks.get(self._run_id)
+        if waiting is None:
+            self._locks[self._run_id] = deque()
+            return
+        turn = anyio.Event()
+        waiting.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self._release()  # handed over while being cancelled: pass it on
+            else:
+                waiting.remove(turn)
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        waiting = self._locks[self._run_id]
+        if waiting:
+            waiting.popleft().set()
+        else:
+            del self._locks[self._run_id]
 
 
 class RunLocks:
-    """One lock per run currently in use; entries vanish when nobody holds or waits."""
+    """One lock per run currently in use; entries vanish when nobody holds or waits.
+
+    All users run on the event loop. Taking a free lock is a dict insert and does not
+    yield (most attempts end as a cheap skip, and a yield per lock was a good part of
+    their cost); a release hands the lock to the oldest waiter.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, _RunLock] = {}
+        self._locks: dict[str, deque[anyio.Event]] = {}
+        """Held runs -> their waiters, oldest first."""
 
-    @asynccontextmanager
-    async def hold(self, run_id: str) -> AsyncIterator[None]:
-        entry = self._locks.get(run_id)
-        if entry is None:
-            entry = self._locks[run_id] = _RunLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[run_id]
+    def hold(self, run_id: str) -> _Hold:
+        return _Hold(self._locks, run_id)
 
 
 class Instance:
@@ -265,7 +288,7 @@ class Instance:
         reason = outcome.reason
         assert reason is not None
         if not counted and reason in SILENT_REASONS:
-            span.set(outcome="skipped", reason=reason)
+            self.telemetry.skipped_silently(span, reason)
             return
         self.skipped[reason] += 1
         self.telemetry.skipped(

@@ -6,13 +6,15 @@ whatever meter provider start-up installs (none: they record nothing).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextvars import Token
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import structlog
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -42,14 +44,6 @@ DURATION_BUCKETS_S = (
 SIZE_BUCKETS_BY = tuple(float(4**n) for n in range(4, 12))  # 256 B ... 4 MiB
 COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)
 
-TAKEN = _meter.create_counter(
-    "snapshotd.snapshot.taken", unit="{snapshot}", description="Snapshots written."
-)
-SKIPPED = _meter.create_counter(
-    "snapshotd.snapshot.skipped",
-    unit="{snapshot}",
-    description="Snapshot attempts that wrote nothing, by reason.",
-)
 DURATION = _meter.create_histogram(
     "snapshotd.snapshot.duration",
     unit="s",
@@ -137,6 +131,39 @@ _meter.create_observable_gauge(
     description="Snapshot requests waiting in the instance's queue.",
 )
 
+# Attempt outcomes are counted once per attempt (thousands a second), so like dropped
+# and coalesced below they are plain ints, per instance name (shared by every
+# InstanceTelemetry of that name, so a total never goes back), read at export time.
+_taken_totals: dict[str, dict[str, int]] = {}
+_skipped_totals: dict[str, dict[str, int]] = {}
+
+
+def _observe_totals(
+    totals: dict[str, dict[str, int]], key: str
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(count, {"instance": instance, key: value})
+            for instance, counts in list(totals.items())
+            for value, count in list(counts.items())
+        ]
+
+    return observe
+
+
+TAKEN = _meter.create_observable_counter(
+    "snapshotd.snapshot.taken",
+    callbacks=[_observe_totals(_taken_totals, "kind")],
+    unit="{snapshot}",
+    description="Snapshots written.",
+)
+SKIPPED = _meter.create_observable_counter(
+    "snapshotd.snapshot.skipped",
+    callbacks=[_observe_totals(_skipped_totals, "reason")],
+    unit="{snapshot}",
+    description="Snapshot attempts that wrote nothing, by reason.",
+)
+
 # Dropped and coalesced are counted once per fire-and-forget request, the hottest
 # path (a flood is mostly drops): the instance keeps them as plain ints, read at
 # export time by observable counters (exported exactly like counters: monotonic sums).
@@ -163,11 +190,38 @@ def rejected(code: str, instance: str = "-") -> None:
     REJECTED.add(1, {"instance": instance, "code": code})
 
 
-@dataclass
 class SnapshotSpan:
-    """The open ``snapshot`` span of one attempt."""
+    """The ``snapshot`` span of one attempt: ``with`` makes it current and ends it.
 
-    span: Span
+    Written out rather than ``start_as_current_span`` (two nested generator context
+    managers): this runs once per attempt, thousands of times a second. Like
+    ``use_span``, an Exception escaping the block is recorded and sets status ERROR.
+    """
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> SnapshotSpan:
+        self._token = context.attach(trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            context.detach(self._token)
+            self._token = None
+        span = self.span
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
     def set(self, **attributes: Any) -> None:
         """Set span attributes under the ``snapshotd.`` namespace (one call: one span lock)."""
@@ -187,24 +241,21 @@ class InstanceTelemetry:
 
     def __post_init__(self) -> None:
         self._attrs = {"instance": self.instance}
+        # Every kind and reason from the start: alerts on rate/increase need a series
+        # before the first event.
+        self._taken = _taken_totals.setdefault(self.instance, dict.fromkeys(SNAPSHOT_KINDS, 0))
+        self._skipped = _skipped_totals.setdefault(self.instance, dict.fromkeys(SKIP_REASONS, 0))
         # Attribute sets built once: each attempt records with them.
-        self._taken_attrs: dict[str, dict[str, str]] = {
-            k: {"instance": self.instance, "kind": k} for k in SNAPSHOT_KINDS
-        }
-        self._skipped_attrs: dict[str, dict[str, str]] = {
-            r: {"instance": self.instance, "reason": r} for r in SKIP_REASONS
-        }
         self._outcome_attrs = {
             o: {"instance": self.instance, "outcome": o} for o in ("taken", "skipped")
+        }
+        self._skipped_span_attrs: dict[str, dict[str, str]] = {
+            r: {"snapshotd.outcome": "skipped", "snapshotd.reason": r} for r in SKIP_REASONS
         }
         # Zero series from the start: alerts on rate/increase need a series before the first event.
         self.watch_requests(dropped=_zero, coalesced=_zero)
         for counter in (RESTARTS, PRUNED):
             counter.add(0, self._attrs)
-        for attrs in self._taken_attrs.values():
-            TAKEN.add(0, attrs)
-        for attrs in self._skipped_attrs.values():
-            SKIPPED.add(0, attrs)
 
     def watch_queue_depth(self, read: Callable[[], int]) -> None:
         """Report ``read()`` as queue depth. Runs on the exporter thread: plain reads only."""
@@ -238,7 +289,7 @@ class InstanceTelemetry:
         It is ``skipped`` with reason ``internal`` in ``status``; counting it here too
         keeps the exported counters equal to the ``status`` ones.
         """
-        SKIPPED.add(1, {"instance": self.instance, "reason": "internal"})
+        self._skipped["internal"] += 1
 
     def lag(self, events: int) -> None:
         LAG.record(events, self._attrs)
@@ -255,13 +306,19 @@ class InstanceTelemetry:
         if count:
             SAVEPOINTS_PRUNED.add(count, self._attrs)
 
-    @contextmanager
-    def snapshot_span(self, run_id: str) -> Iterator[SnapshotSpan]:
-        """Open the ``snapshot`` span of one attempt; end it with ``taken`` or ``skipped``."""
-        with _tracer.start_as_current_span(
-            "snapshot", attributes={"snapshotd.run_id": run_id, "snapshotd.instance": self.instance}
-        ) as span:
-            yield SnapshotSpan(span)
+    def snapshot_span(self, run_id: str) -> SnapshotSpan:
+        """The ``snapshot`` span of one attempt, started; use it with ``with``, and record
+        the attempt's end in it with ``taken`` or ``skipped``."""
+        return SnapshotSpan(
+            _tracer.start_span(
+                "snapshot",
+                attributes={"snapshotd.run_id": run_id, "snapshotd.instance": self.instance},
+            )
+        )
+
+    def skipped_silently(self, span: SnapshotSpan, reason: str) -> None:
+        """An internal check that ended as a routine skip: only the span says so."""
+        span.span.set_attributes(self._skipped_span_attrs[reason])
 
     def taken(
         self,
@@ -274,7 +331,7 @@ class InstanceTelemetry:
         events_folded: int,
         duration_s: float,
     ) -> None:
-        TAKEN.add(1, self._taken_attrs[kind])
+        self._taken[kind] += 1
         DURATION.record(duration_s, self._outcome_attrs["taken"])
         SIZE.record(size_bytes, self._attrs)
         EVENTS.record(events_folded, self._attrs)
@@ -302,10 +359,10 @@ class InstanceTelemetry:
         error: BaseException | None = None,
         through_seq: int | None = None,
     ) -> None:
-        SKIPPED.add(1, self._skipped_attrs[reason])
+        self._skipped[reason] += 1
         DURATION.record(duration_s, self._outcome_attrs["skipped"])
         if through_seq is None:
-            span.set(outcome="skipped", reason=reason)
+            span.span.set_attributes(self._skipped_span_attrs[reason])
         else:
             span.set(outcome="skipped", reason=reason, through_seq=through_seq)
         if error is not None:

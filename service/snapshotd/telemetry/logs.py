@@ -24,8 +24,11 @@ def add_trace_context(_logger: WrappedLogger, _method: str, event_dict: EventDic
     """Add the current span's ids, so a log line can be joined with its trace."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
-        event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+        # The snapshot lines pass trace_id themselves: it is not formatted twice.
+        if "trace_id" not in event_dict:
+            event_dict["trace_id"] = format(ctx.trace_id, "032x")
+        if "span_id" not in event_dict:
+            event_dict["span_id"] = format(ctx.span_id, "016x")
     return event_dict
 
 
@@ -46,13 +49,14 @@ def _renderers(tty: bool) -> list[Processor]:
     ]
 
 
-def configure_logging(stream: TextIO = sys.stderr) -> None:
+def configure_logging(stream: TextIO = sys.stderr, *, cache_loggers: bool = False) -> None:
     """Configure structlog and the stdlib root logger to write to ``stream``.
 
     JSON lines when ``stream`` is not a TTY, a coloured console view when it is.
     structlog events at INFO and above are written; stdlib records (libraries) at
-    WARNING and above. Loggers are not cached on first use, so
-    ``structlog.testing.capture_logs`` keeps working after this was called.
+    WARNING and above. ``cache_loggers`` (``serve``: one log line per snapshot
+    attempt) makes each logger assemble its chain once instead of on every line;
+    left off, ``structlog.testing.capture_logs`` keeps working after this call.
     """
     tty = stream.isatty()
     shared: list[Processor] = [
@@ -65,7 +69,7 @@ def configure_logging(stream: TextIO = sys.stderr) -> None:
         processors=[*shared, *_renderers(tty)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache_loggers,
     )
 
     handler = logging.StreamHandler(stream)
