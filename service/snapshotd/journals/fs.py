@@ -577,7 +577,8 @@ class FsJournal:
         files = await self._files(run_id)
         log = files.intact_events()
         tip = log.tip
-        raws, _ = await self._io(files.reading(partial(log.read, after_seq, limit, tip)))
+        read = partial(log.read, after_seq, limit, tip, parse=False)
+        raws, _ = await self._io(files.reading(read))
         last = max(after_seq, 0) + len(raws) if raws else after_seq
         return EventPage(raws, last, last < tip[0])
 
