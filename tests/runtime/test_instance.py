@@ -147,3 +147,11 @@ def test_mailbox_matches_a_reference_model(ops: list[tuple[str, str | None, str 
             assert len(box) == len(order)
 
     anyio.run(scenario)
+
+
+async def test_a_sweep_requested_while_no_one_waits_is_not_lost() -> None:
+    inst = make_instance()
+    inst.request_sweep()  # e.g. a reconnect while the previous sweep still runs
+    with anyio.fail_after(1):
+        assert await inst.wait_sweep_request(float("inf")) is True
+    assert await inst.wait_sweep_request(0.01) is False

@@ -156,7 +156,7 @@ class Instance:
         self.coalesced = 0
         self.restarts = 0
         self.in_flight: Job | None = None
-        self._sweep_wanted: anyio.Event | None = None
+        self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
@@ -205,15 +205,18 @@ class Instance:
         self.mailbox.offer_internal(run_id)
 
     def request_sweep(self) -> None:
-        """Ask the sweep to look for due runs now (after missed append notifications)."""
-        if self._sweep_wanted is not None:
-            self._sweep_wanted.set()
+        """Ask the sweep to look for due runs now (after missed append notifications).
+
+        A request made while a sweep runs, or before the sweep first waits, is kept
+        and answered by the next sweep.
+        """
+        self._sweep_wanted.set()
 
     async def wait_sweep_request(self, period_s: float) -> bool:
         """Sleep up to ``period_s`` (may be inf); True when ``request_sweep`` woke us."""
-        self._sweep_wanted = anyio.Event()
         with anyio.move_on_after(period_s):
             await self._sweep_wanted.wait()
+            self._sweep_wanted = anyio.Event()
             return True
         return False
 
