@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -35,11 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.daemon import SNAPSHOTD, render_config
 from bench.stats import percentile
-from bench.wire import Connection, encode, wait_for_socket
+from bench.wire import Connection, encode, paced_round_trips, wait_for_socket
 
 STATUS_EVERY_S = 0.1
 RUN_EVENTS = 20
@@ -235,37 +232,8 @@ def latency(
         ]
     else:
         lines = [encode("ping", i) for i in range(total)]
-    latencies = [0.0] * total
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(socket_path)
-    buffer = b""
-    sent = received = 0
     start = time.perf_counter()
-    deadline = start + seconds + 10.0
-    try:
-        while received < total:
-            now = time.perf_counter()
-            if now > deadline:
-                raise TimeoutError(f"{received}/{total} replies after {seconds + 10} s")
-            while sent < total and start + sent * interval <= now:
-                sock.sendall(lines[sent])
-                sent += 1
-            wait = start + sent * interval - now if sent < total else 0.5
-            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
-            if not readable:
-                continue
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("the daemon closed the connection")
-            arrived = time.perf_counter()
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                request_id = orjson.loads(line)["id"]
-                latencies[request_id] = arrived - (start + request_id * interval)
-                received += 1
-    finally:
-        sock.close()
+    latencies = paced_round_trips(socket_path, lines, interval, seconds)
     elapsed = time.perf_counter() - start
     return {
         "rate": total / elapsed,

@@ -8,19 +8,15 @@ measurement puts them, with ``snapshot_now``.
 
 from __future__ import annotations
 
-import select
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.daemon import Daemon, render_config
 from bench.stats import Figure, figure, percentile, rate, ratio
-from bench.wire import Connection, encode
+from bench.wire import Connection, encode, paced_round_trips
 from bench.workload import event_data, fold_events
 
 APPEND_BATCH = 5000
@@ -292,40 +288,7 @@ def _paced_round_trips(path: str, op: str, per_second: int, seconds: float) -> l
         ]
     else:
         lines = [encode(op, i) for i in range(total)]
-    latencies = [0.0] * total
-    # Blocking sends (a line rarely fills the buffer); recv only once select says so.
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    buffer = b""
-    sent = received = 0
-    start = time.perf_counter()
-    deadline = start + seconds + 10.0
-    try:
-        while received < total:
-            now = time.perf_counter()
-            if now > deadline:
-                raise TimeoutError(f"{received}/{total} replies after {seconds + 10} s")
-            while sent < total and start + sent * interval <= now:
-                sock.sendall(lines[sent])
-                sent += 1
-            wait = start + sent * interval - now if sent < total else 0.5
-            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
-            if not readable:
-                continue
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("the daemon closed the connection")
-            arrived = time.perf_counter()
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                reply = orjson.loads(line)
-                request_id = reply["id"]
-                latencies[request_id] = arrived - (start + request_id * interval)
-                received += 1
-    finally:
-        sock.close()
-    return latencies
+    return paced_round_trips(path, lines, interval, seconds)
 
 
 def bench_latency(socket_path: str, plan: Plan) -> Figures:

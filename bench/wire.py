@@ -6,6 +6,7 @@ Python costs stay out of what is measured; this module only frames lines.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from typing import Any
@@ -93,3 +94,47 @@ def wait_for_socket(path: str, deadline_s: float, alive: Any) -> None:
             last = exc
             time.sleep(0.05)
     raise TimeoutError(f"no ping reply on {path} within {deadline_s} s: {last}")
+
+
+def paced_round_trips(
+    path: str, lines: list[bytes], interval: float, seconds: float
+) -> list[float]:
+    """Send ``lines`` (requests whose ids are their indexes) one every ``interval`` s
+    on one connection and return each reply's latency (s), measured from the
+    request's scheduled send time, so a stalled sender counts against the daemon.
+
+    Blocking sends (a line rarely fills the buffer); recv only once select says so.
+    """
+    total = len(lines)
+    latencies = [0.0] * total
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    buffer = b""
+    sent = received = 0
+    start = time.perf_counter()
+    deadline = start + seconds + 10.0
+    try:
+        while received < total:
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(f"{received}/{total} replies after {seconds + 10} s")
+            while sent < total and start + sent * interval <= now:
+                sock.sendall(lines[sent])
+                sent += 1
+            wait = start + sent * interval - now if sent < total else 0.5
+            readable, _, _ = select.select([sock], [], [], max(0.0, wait))
+            if not readable:
+                continue
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            arrived = time.perf_counter()
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                request_id = orjson.loads(line)["id"]
+                latencies[request_id] = arrived - (start + request_id * interval)
+                received += 1
+    finally:
+        sock.close()
+    return latencies
