@@ -257,6 +257,29 @@ async def test_damage_found_by_a_read_is_remembered(fs: FsJournal, root: Path) -
     await fs.aclose()
 
 
+async def test_pages_skip_parsing_only_while_no_one_else_wrote(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_run(fs, "r", 4)
+    await fs.append("r", ev(2), expected_seq=4, lease=None, now=T0)
+    parsed: list[int] = []
+    real_validate = fsio.JsonlLog._validate
+
+    def counting(log: fsio.JsonlLog, raws: list[bytes], first: int) -> list[dict[str, Any]]:
+        parsed.append(len(raws))
+        return real_validate(log, raws, first)
+
+    monkeypatch.setattr(fsio.JsonlLog, "_validate", counting)
+    page = await fs.read_event_page("r", 0, 10)
+    assert (len(page.events), parsed) == (6, [])
+    path = events_file(root, "r")
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b"{" + b"x" * (len(lines[2]) - 2) + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(Corrupt, match="line 3"):
+        await fs.read_event_page("r", 0, 10)
+
+
 async def test_whole_events_file_is_parsed_once_per_run_per_open(
     fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

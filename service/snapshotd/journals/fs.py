@@ -500,6 +500,7 @@ class FsJournal:
         bisect.insort(self._run_ids, run.run_id)
         fsync_dir(self._root)
         events = JsonlLog(os.path.join(directory, "events.jsonl"), "seq")
+        events.check(_EVENT_FIELDS)  # empty: marks this process's appends as trusted
         return directory, run, events, {}, {}, None
 
     async def get_run(self, run_id: str) -> Run | None:

@@ -94,6 +94,16 @@ def _count_newlines(fd: int, end: int) -> int:
     return count
 
 
+_NOTHING_CHECKED = (0, 0, 0)
+"""``check`` of an empty log: nothing to trust yet, but appends may be trusted."""
+
+
+def _identity(fd: int) -> tuple[int, int, int]:
+    """What tells whether a file changed: inode, size and modification time."""
+    st = os.fstat(fd)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class JsonlLog:
     """An append-only file of JSON objects, one per line, numbered 1, 2, 3 ... by ``key``.
 
@@ -112,6 +122,7 @@ class JsonlLog:
         self._dirty = False
         self._marks: dict[int, int] = {}
         self._marks_lock = threading.Lock()
+        self._checked: tuple[int, int, int] | None = None
 
     # loading ----------------------------------------------------------------
 
@@ -161,6 +172,7 @@ class JsonlLog:
         """
         last, end = self.tip
         if end == 0:
+            self._checked = _NOTHING_CHECKED
             return
         key = self.key
         loads = orjson.loads
@@ -169,6 +181,7 @@ class JsonlLog:
         pending = b""
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            identity = _identity(fd)
             while offset < end:
                 chunk = os.pread(fd, min(_CHUNK, end - offset), offset)
                 if not chunk:
@@ -191,6 +204,7 @@ class JsonlLog:
             os.close(fd)
         if pending or expected != last + 1:
             raise Corrupt(f"{self.path}: line {expected}: missing or truncated")
+        self._checked = identity
 
     def _last_number(self, fd: int, end: int) -> int | None:
         """Number of the complete line ending at ``end`` (0 for an empty file), None if bad."""
@@ -223,8 +237,12 @@ class JsonlLog:
             try:
                 if self._dirty:
                     os.ftruncate(fd, end)
+                checked = self._checked
+                self._checked = None
                 write_all(fd, payload, end)
                 os.fsync(fd)
+                if checked is not None and checked[1] == end:
+                    self._checked = _identity(fd)
             except BaseException:
                 self._dirty = True
                 with contextlib.suppress(OSError):
@@ -247,10 +265,11 @@ class JsonlLog:
 
         Each line is returned as stored (without its newline). With ``parse`` each is
         also decoded and checked (a line that does not parse or carries the wrong
-        number raises Corrupt naming the line); without it (lines passed through to
-        a client, already validated when the log was first checked in this process,
-        which alone writes to it) only the first and last line's numbers are checked,
-        which catches a misplaced read. Returns no objects then.
+        number raises Corrupt naming the line). Without it (lines passed through to
+        a client) they are parsed only when the file changed since ``check`` other
+        than by this process's appends (size or mtime differ: someone else wrote);
+        otherwise only the first and last line's numbers are checked, which catches
+        a misplaced read. Returns no objects then.
         """
         last, end = tip
         after = max(after, 0)
@@ -259,6 +278,7 @@ class JsonlLog:
         want = min(limit, last - after)
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            parse = parse or self._checked is None or _identity(fd) != self._checked
             start = self._locate(fd, after, tip)
             raws = self._collect(fd, start, end, want, after)
         finally:
