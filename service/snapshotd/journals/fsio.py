@@ -174,8 +174,6 @@ class JsonlLog:
         if end == 0:
             self._checked = _NOTHING_CHECKED
             return
-        key = self.key
-        loads = orjson.loads
         expected = 1
         offset = 0
         pending = b""
@@ -189,17 +187,8 @@ class JsonlLog:
                 offset += len(chunk)
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
-                for raw in lines:
-                    try:
-                        record = loads(raw)
-                    except orjson.JSONDecodeError:
-                        raise Corrupt(f"{self.path}: line {expected}: not valid JSON") from None
-                    if type(record) is not dict or record.get(key) != expected:
-                        raise Corrupt(f"{self.path}: line {expected}: expected {key} {expected}")
-                    for name in fields:
-                        if name not in record:
-                            raise Corrupt(f"{self.path}: line {expected}: no {name!r}")
-                    expected += 1
+                self._validate(lines, expected, fields)
+                expected += len(lines)
         finally:
             os.close(fd)
         if pending or expected != last + 1:
@@ -360,7 +349,11 @@ class JsonlLog:
             raise Corrupt(f"{self.path}: line {after + len(raws) + 1}: missing or truncated")
         return raws
 
-    def _validate(self, raws: list[bytes], first: int) -> list[dict[str, Any]]:
+    def _validate(
+        self, raws: list[bytes], first: int, fields: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Parse lines numbered from ``first``: Corrupt naming the first that is not a
+        JSON object with the right number and every one of ``fields``."""
         key = self.key
         objects: list[dict[str, Any]] = []
         append = objects.append
@@ -373,6 +366,9 @@ class JsonlLog:
                 raise Corrupt(f"{self.path}: line {expected}: not valid JSON") from None
             if type(record) is not dict or record.get(key) != expected:
                 raise Corrupt(f"{self.path}: line {expected}: expected {key} {expected}")
+            for name in fields:
+                if name not in record:
+                    raise Corrupt(f"{self.path}: line {expected}: no {name!r}")
             append(record)
             expected += 1
         return objects
