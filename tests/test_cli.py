@@ -72,6 +72,20 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "argv", [["--json", "snapshot-now"], ["--json", "bogus"], ["load", "--json"]]
+)
+def test_usage_errors_with_json_are_json_too(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert json.loads(out)["error"]["code"] == "usage"
+    assert "usage:" in err
+
+
 def test_status(daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "status", "--socket", daemon.socket_path)
     assert code == 0

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
 import orjson
@@ -478,19 +478,29 @@ def _demo_embedded(args: argparse.Namespace) -> int:
 # parser ------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors that also answer in JSON when ``--json`` was given."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            error = {"ok": False, "error": {"code": "usage", "message": message}}
+            sys.stdout.write(orjson.dumps(error).decode() + "\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="snapshotd", description="Snapshot daemon for event-sourced runs."
-    )
+    parser = _Parser(prog="snapshotd", description="Snapshot daemon for event-sourced runs.")
     parser.add_argument("--version", action="version", version=f"snapshotd {__version__}")
     # Accepted before the command too (`snapshotd --json status`); merged in ``_merge_globals``.
     parser.add_argument("--config", dest="global_config", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--json", dest="global_json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--socket", dest="global_socket", metavar="PATH", help=argparse.SUPPRESS)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML configuration file")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client = _Parser(add_help=False, parents=[common])
     client.add_argument(
         "--socket",
         metavar="PATH",
@@ -498,11 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         "./snapshotd.sock)",
     )
     client.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    with_instance = argparse.ArgumentParser(add_help=False, parents=[client])
+    with_instance = _Parser(add_help=False, parents=[client])
     with_instance.add_argument("--instance", help="instance name (default: default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, parents: list[argparse.ArgumentParser], help_: str) -> Any:
+    def add(name: str, parents: list[_Parser], help_: str) -> Any:
         return sub.add_parser(name, parents=parents, help=help_, description=help_)
 
     p = add("serve", [common], "run the daemon until SIGTERM/SIGINT")
@@ -607,6 +617,7 @@ def _json_error(args: argparse.Namespace, code: str, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snapshotd`` console script; returns the exit code."""
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _merge_globals(args)
     func: Callable[[argparse.Namespace], int] = args.func
