@@ -123,6 +123,7 @@ def pg_server() -> Iterator[str]:
     finally:
         if stop:
             subprocess.run(stop, check=False, capture_output=True, timeout=60)
+            shutil.rmtree(stop[stop.index("-D") + 1], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
