@@ -74,7 +74,9 @@ def test_every_error_code(daemon: DaemonProcess) -> None:
         run = _new_run(c, lease="a")
         assert _code(c, "create_run", run=run, workflow="other", version="v1") == "conflict"
         assert _code(c, "append", run=run, events=EVENT, lease="b") == "stale_lease"
-        assert _code(c, "append", run=run, events=EVENT, lease="a", expected_seq=3) == "conflict"
+        with pytest.raises(ClientError) as conflict:
+            c.call("append", run=run, events=EVENT, lease="a", expected_seq=3)
+        assert (conflict.value.code, conflict.value.details) == ("conflict", {"last_seq": 0})
         assert _code(c, "append", run=run, events=[{"type": ""}]) == "bad_request"
         assert _code(c, "nope") == "unknown_op"
         assert _code(c, "load", run=run, instance="ghost") == "unknown_instance"

@@ -122,8 +122,9 @@ async def test_append_contiguous_seqs(journal: Journal) -> None:
 
 async def test_append_expected_seq_conflict_writes_nothing(journal: Journal) -> None:
     await make_run(journal, events=2)
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as raised:
         await journal.append("run-1", ev(1), expected_seq=1, lease=None, now=T0)
+    assert raised.value.details == {"last_seq": 2}
     assert len(await journal.read_events("run-1", 0)) == 2
 
 

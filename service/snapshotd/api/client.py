@@ -23,12 +23,17 @@ _RECEIVE_BYTES = 256 * 1024
 
 
 class ClientError(Exception):
-    """The daemon answered with an error; ``code`` is the protocol error code."""
+    """The daemon answered with an error; ``code`` is the protocol error code.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``details`` holds the error object's other fields (``last_seq`` of an append
+    conflict, ``outcome`` of an append whose commit was interrupted).
+    """
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details or {}
 
 
 class _Lines:
@@ -58,7 +63,8 @@ def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
         return False, None  # an answer to some earlier request: not ours
     # Our error, or an id-less one (too_large, bad_request) about our frame.
     error = response.get("error") or {}
-    raise ClientError(str(error.get("code", "internal")), str(error.get("message", "")))
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    raise ClientError(str(error.get("code", "internal")), str(error.get("message", "")), details)
 
 
 class Client:

@@ -112,11 +112,14 @@ def encode_result(request_id: RequestId, result: Any) -> bytes:
     return orjson.dumps({"id": request_id, "ok": True, "result": result}, option=_ENCODE_OPTS)
 
 
-def encode_error(request_id: RequestId, code: str, message: str) -> bytes:
-    return orjson.dumps(
-        {"id": request_id, "ok": False, "error": {"code": code, "message": message}},
-        option=_ENCODE_OPTS,
-    )
+def encode_error(
+    request_id: RequestId, code: str, message: str, details: dict[str, Any] | None = None
+) -> bytes:
+    """An error line; ``details`` are extra fields of the error object (``last_seq``)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error.update(details)
+    return orjson.dumps({"id": request_id, "ok": False, "error": error}, option=_ENCODE_OPTS)
 
 
 def encode_request(op: str, request_id: RequestId = None, **fields: Any) -> bytes:

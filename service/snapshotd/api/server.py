@@ -294,7 +294,9 @@ class Server:
                             error=exc.message,
                         )
                     else:
-                        out.append(codec.encode_error(request_id, exc.code, exc.message))
+                        out.append(
+                            codec.encode_error(request_id, exc.code, exc.message, exc.details)
+                        )
                     continue
                 except Exception as exc:  # noqa: BLE001 - a handler bug answers `internal`
                     _log.exception("request_failed", op=op, instance=label)

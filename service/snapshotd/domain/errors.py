@@ -6,17 +6,23 @@ runtime and the API never import a driver.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class SnapshotdError(Exception):
-    """Base of every error the API reports with a protocol error code."""
+    """Base of every error the API reports with a protocol error code.
+
+    ``details`` holds the extra fields SPEC section 2 puts beside ``code`` and
+    ``message`` in the error object (``last_seq`` of an append conflict, the
+    ``outcome`` of an append whose commit was interrupted).
+    """
 
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
 
 
 class BadRequest(SnapshotdError):

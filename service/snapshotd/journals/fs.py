@@ -555,7 +555,9 @@ class FsJournal:
             if run.lease is not None and lease != run.lease:
                 raise StaleLease(f"run {run_id!r} is leased to another owner")
             if expected_seq is not None and expected_seq != last:
-                raise Conflict(f"run {run_id!r} is at seq {last}, not {expected_seq}")
+                raise Conflict(
+                    f"run {run_id!r} is at seq {last}, not {expected_seq}", last_seq=last
+                )
             if not events:
                 return last
             return await self._io(partial(_append_blocking, log, events, now))

@@ -95,7 +95,10 @@ class MemoryJournal:
         if run.lease is not None and lease != run.lease:
             raise StaleLease(f"run {run_id!r} is leased to another owner")
         if expected_seq is not None and expected_seq != run.last_seq:
-            raise Conflict(f"run {run_id!r} is at seq {run.last_seq}, not {expected_seq}")
+            raise Conflict(
+                f"run {run_id!r} is at seq {run.last_seq}, not {expected_seq}",
+                last_seq=run.last_seq,
+            )
         seq = run.last_seq
         for new in events:
             seq += 1

@@ -12,6 +12,7 @@ decodes it with a single orjson call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timedelta
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 _APP_NAME = "snapshotd"
 _LISTEN_APP_NAME = "snapshotd-listen"
 
+# The append function's SD409 message names the run's last seq: "run 'r' is at seq 5, not 3".
+_LAST_SEQ = re.compile(r"is at seq (\d+),")
+
 # SQLSTATEs raised by the migrations' append function.
 _SQLSTATE_ERRORS: dict[str, type[SnapshotdError]] = {
     "SD404": NotFound,
@@ -74,7 +78,9 @@ def _wrap_errors(where: str) -> Iterator[None]:
         state = exc.sqlstate or ""
         mapped = _SQLSTATE_ERRORS.get(state)
         if mapped is not None:
-            raise mapped(str(exc)) from None
+            seen = _LAST_SEQ.search(str(exc)) if mapped is Conflict else None
+            details = {"last_seq": int(seen[1])} if seen else {}
+            raise mapped(str(exc), **details) from None
         # Bad data and exceeded limits are the request's fault: retrying cannot help.
         # Everything else (connections refused or ended, a database not accepting
         # connections, a schema being migrated) is treated as an outage.
