@@ -132,8 +132,8 @@ def check_every_spec_metric(points: dict[tuple[str, Any], Point]) -> None:
         for point in arrived:
             assert point.kind == KIND_NAMES[kind.__name__], name
             assert point.unit == unit, name
-            assert point.attributes.get("instance") in ("default", "-"), (name, point)
-            assert set(point.attributes) == {"instance", *extra}, (name, point)
+            assert point.attributes.get("snapshotd.instance") in ("default", "-"), (name, point)
+            assert set(point.attributes) == {"snapshotd.instance", *extra}, (name, point)
     durations = [p for (m, _), p in points.items() if m == "snapshotd.snapshot.duration"]
     assert all(p.bounds == tuple(float(b) for b in DURATION_BUCKETS_S) for p in durations)
 

@@ -73,35 +73,40 @@ def test_every_spec_metric_has_its_kind_unit_and_attributes(otel: Captured) -> N
             assert metric.data.is_monotonic, name
         # Observable instruments also report instances of earlier tests in this process.
         mine = [dict(p.attributes or {}) for p in metric.data.data_points]
-        mine = [a for a in mine if a.get("instance") == "alpha"]
+        mine = [a for a in mine if a.get("snapshotd.instance") == "alpha"]
         assert mine, name
-        assert all(set(attributes) == {"instance", *extra} for attributes in mine), name
+        assert all(set(attributes) == {"snapshotd.instance", *extra} for attributes in mine), name
 
 
 def test_recorded_values_and_attributes(otel: Captured) -> None:
     record_everything("beta")
     rejected("bad_request")
     found = otel.metrics()
-    assert values(found["snapshotd.snapshot.taken"])[(("instance", "beta"), ("kind", "auto"))] == 1
+    assert (
+        values(found["snapshotd.snapshot.taken"])[
+            (("kind", "auto"), ("snapshotd.instance", "beta"))
+        ]
+        == 1
+    )
     assert (
         values(found["snapshotd.snapshot.skipped"])[
-            (("instance", "beta"), ("reason", "below_threshold"))
+            (("reason", "below_threshold"), ("snapshotd.instance", "beta"))
         ]
         == 1
     )
     assert values(found["snapshotd.snapshot.duration"]) == {
-        (("instance", "beta"), ("outcome", "taken")): 1,
-        (("instance", "beta"), ("outcome", "skipped")): 1,
+        (("outcome", "taken"), ("snapshotd.instance", "beta")): 1,
+        (("outcome", "skipped"), ("snapshotd.instance", "beta")): 1,
     }
     assert values(found["snapshotd.requests.rejected"]) == {
-        (("code", "bad_request"), ("instance", "beta")): 1,
-        (("code", "bad_request"), ("instance", "-")): 1,
+        (("code", "bad_request"), ("snapshotd.instance", "beta")): 1,
+        (("code", "bad_request"), ("snapshotd.instance", "-")): 1,
     }
     assert values(found["snapshotd.requests.received"]) == {
-        (("instance", "beta"), ("op", "snapshot")): 1
+        (("op", "snapshot"), ("snapshotd.instance", "beta")): 1
     }
-    assert values(found["snapshotd.snapshot.pruned"]) == {(("instance", "beta"),): 2}
-    assert values(found["snapshotd.queue.depth"])[(("instance", "beta"),)] == 7
+    assert values(found["snapshotd.snapshot.pruned"]) == {(("snapshotd.instance", "beta"),): 2}
+    assert values(found["snapshotd.queue.depth"])[(("snapshotd.instance", "beta"),)] == 7
 
 
 def test_counters_start_with_zero_series_per_instance(otel: Captured) -> None:
@@ -109,22 +114,24 @@ def test_counters_start_with_zero_series_per_instance(otel: Captured) -> None:
     found = otel.metrics()
 
     def gamma(name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
-        return {k: v for k, v in values(found[name]).items() if ("instance", "gamma") in k}
+        return {
+            k: v for k, v in values(found[name]).items() if ("snapshotd.instance", "gamma") in k
+        }
 
     for name in ("requests.dropped", "requests.coalesced", "actor.restarts", "snapshot.pruned"):
-        assert gamma(f"snapshotd.{name}") == {(("instance", "gamma"),): 0}
+        assert gamma(f"snapshotd.{name}") == {(("snapshotd.instance", "gamma"),): 0}
     assert gamma("snapshotd.snapshot.taken") == {
-        (("instance", "gamma"), ("kind", kind)): 0 for kind in SNAPSHOT_KINDS
+        (("kind", kind), ("snapshotd.instance", "gamma")): 0 for kind in SNAPSHOT_KINDS
     }
     assert gamma("snapshotd.snapshot.skipped") == {
-        (("instance", "gamma"), ("reason", r)): 0 for r in SKIP_REASONS
+        (("reason", r), ("snapshotd.instance", "gamma")): 0 for r in SKIP_REASONS
     }
 
 
 def test_a_lost_attempt_counts_as_an_internal_skip(otel: Captured) -> None:
     instance_telemetry("lambda").attempt_lost()
     skipped = values(otel.metrics()["snapshotd.snapshot.skipped"])
-    assert skipped[(("instance", "lambda"), ("reason", "internal"))] == 1
+    assert skipped[(("reason", "internal"), ("snapshotd.instance", "lambda"))] == 1
 
 
 def test_dropped_and_coalesced_are_running_totals(otel: Captured) -> None:
@@ -132,11 +139,14 @@ def test_dropped_and_coalesced_are_running_totals(otel: Captured) -> None:
     totals = {"dropped": 3, "coalesced": 1}
     tel.watch_requests(dropped=lambda: totals["dropped"], coalesced=lambda: totals["coalesced"])
     found = otel.metrics()
-    assert values(found["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 3
-    assert values(found["snapshotd.requests.coalesced"])[(("instance", "kappa"),)] == 1
+    assert values(found["snapshotd.requests.dropped"])[(("snapshotd.instance", "kappa"),)] == 3
+    assert values(found["snapshotd.requests.coalesced"])[(("snapshotd.instance", "kappa"),)] == 1
     totals["dropped"] += 1
     # The delta reader sees only what happened since its last collection.
-    assert values(otel.metrics()["snapshotd.requests.dropped"])[(("instance", "kappa"),)] == 1
+    assert (
+        values(otel.metrics()["snapshotd.requests.dropped"])[(("snapshotd.instance", "kappa"),)]
+        == 1
+    )
 
 
 def test_duration_histogram_uses_second_buckets(otel: Captured) -> None:
@@ -156,11 +166,13 @@ def test_queue_depth_skips_a_broken_source(otel: Captured) -> None:
     good.watch_queue_depth(lambda: 3)
     bad.watch_queue_depth(broken)
     depth = values(otel.metrics()["snapshotd.queue.depth"])
-    assert depth[(("instance", "epsilon"),)] == 3
-    assert (("instance", "zeta"),) not in depth
+    assert depth[(("snapshotd.instance", "epsilon"),)] == 3
+    assert (("snapshotd.instance", "zeta"),) not in depth
     good.forget()
     bad.forget()
-    assert (("instance", "epsilon"),) not in values(otel.metrics()["snapshotd.queue.depth"])
+    assert (("snapshotd.instance", "epsilon"),) not in values(
+        otel.metrics()["snapshotd.queue.depth"]
+    )
 
 
 def test_one_snapshot_span_per_attempt(otel: Captured) -> None:

@@ -35,7 +35,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from snapshotd.api import codec
 from snapshotd.api.ops import OPS, SYNC_OPS
 from snapshotd.domain.errors import ConfigError, SnapshotdError, UnknownOp
-from snapshotd.telemetry.instruments import RECEIVED, REJECTED
+from snapshotd.telemetry.instruments import INSTANCE, RECEIVED, REJECTED
 
 if TYPE_CHECKING:
     from snapshotd.config import SocketConfig
@@ -220,7 +220,7 @@ class Server:
 
     async def _too_large(self, stream: SocketStream, out: list[bytes]) -> None:
         message = f"line longer than socket.max_frame_bytes ({self.config.max_frame_bytes})"
-        REJECTED.add(1, {"instance": "-", "code": "too_large"})
+        REJECTED.add(1, {INSTANCE: "-", "code": "too_large"})
         _log.warning("request_rejected", code="too_large", instance="-")
         out.append(codec.encode_error(None, "too_large", message))
         await stream.send(b"".join(out))
@@ -380,9 +380,9 @@ def _flush_counts(
     received: defaultdict[tuple[str, str], int], rejected: defaultdict[tuple[str, str], int]
 ) -> None:
     for (instance, op), count in received.items():
-        RECEIVED.add(count, {"instance": instance, "op": op})
+        RECEIVED.add(count, {INSTANCE: instance, "op": op})
     for (instance, code), count in rejected.items():
-        REJECTED.add(count, {"instance": instance, "code": code})
+        REJECTED.add(count, {INSTANCE: instance, "code": code})
 
 
 async def serve(

@@ -21,6 +21,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 from snapshotd.domain.model import SNAPSHOT_KINDS
 from snapshotd.domain.policies import SKIP_REASONS
 
+INSTANCE = "snapshotd.instance"
+"""The metric attribute naming the instance; not ``instance``, Prometheus' own target label."""
+
 _meter = metrics.get_meter("snapshotd")
 _tracer = trace.get_tracer("snapshotd")
 _log = structlog.get_logger("snapshotd.snapshot")
@@ -118,7 +121,7 @@ def _observe(
                 value = int(read())
             except Exception:  # noqa: BLE001 - one broken source must not hide the others
                 continue
-            observations.append(Observation(value, {"instance": name}))
+            observations.append(Observation(value, {INSTANCE: name}))
         return observations
 
     return observe
@@ -143,7 +146,7 @@ def _observe_totals(
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(_options: CallbackOptions) -> Iterable[Observation]:
         return [
-            Observation(count, {"instance": instance, key: value})
+            Observation(count, {INSTANCE: instance, key: value})
             for instance, counts in list(totals.items())
             for value, count in list(counts.items())
         ]
@@ -187,7 +190,7 @@ def _zero() -> int:
 
 def rejected(code: str, instance: str = "-") -> None:
     """Count a rejected request; ``instance`` is ``-`` when the request was unreadable."""
-    REJECTED.add(1, {"instance": instance, "code": code})
+    REJECTED.add(1, {INSTANCE: instance, "code": code})
 
 
 class SnapshotSpan:
@@ -240,14 +243,14 @@ class InstanceTelemetry:
     instance: str
 
     def __post_init__(self) -> None:
-        self._attrs = {"instance": self.instance}
+        self._attrs = {INSTANCE: self.instance}
         # Every kind and reason from the start: alerts on rate/increase need a series
         # before the first event.
         self._taken = _taken_totals.setdefault(self.instance, dict.fromkeys(SNAPSHOT_KINDS, 0))
         self._skipped = _skipped_totals.setdefault(self.instance, dict.fromkeys(SKIP_REASONS, 0))
         # Attribute sets built once: each attempt records with them.
         self._outcome_attrs = {
-            o: {"instance": self.instance, "outcome": o} for o in ("taken", "skipped")
+            o: {INSTANCE: self.instance, "outcome": o} for o in ("taken", "skipped")
         }
         self._skipped_span_attrs: dict[str, dict[str, str]] = {
             r: {"snapshotd.outcome": "skipped", "snapshotd.reason": r} for r in SKIP_REASONS
@@ -275,7 +278,7 @@ class InstanceTelemetry:
             sources.pop(self.instance, None)
 
     def received(self, op: str) -> None:
-        RECEIVED.add(1, {"instance": self.instance, "op": op})
+        RECEIVED.add(1, {INSTANCE: self.instance, "op": op})
 
     def rejected(self, code: str) -> None:
         rejected(code, self.instance)
