@@ -184,7 +184,7 @@ async def list_snapshots(daemon: Daemon, req: Request) -> Result:
     instance = _instance(daemon, req)
     run_id = _run(req)
     metas = await instance.journal.list_snapshots(run_id)
-    return {"snapshots": [meta.to_json() for meta in metas]}
+    return {"snapshots": [meta.listing() for meta in metas]}
 
 
 async def _set_pinned(daemon: Daemon, req: Request, pinned: bool) -> Result:

@@ -223,3 +223,27 @@ class HoldsDamagedSnapshots(Protocol):
     async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
         """The run's unlistable snapshots: snapshot id -> what is wrong. Raises NotFound."""
         ...
+
+
+@runtime_checkable
+class StoresLinks(Protocol):
+    """A journal that stores snapshots as delta chains (domain.chains).
+
+    ``write_snapshot`` keeps ``meta.base_id`` and ``meta.stored_bytes`` and raises
+    Superseded when the base link is gone. A retired snapshot (retention removed it
+    while a kept snapshot still needs its link) stays readable here, but
+    ``list_snapshots``, ``read_snapshot`` and ``set_pinned`` treat it as absent.
+    Journals without this store every snapshot whole.
+    """
+
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        """Every stored snapshot of the run, retired ones included, newest first."""
+        ...
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        """One stored snapshot as stored (whole or a delta), retired or not. Raises NotFound."""
+        ...
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Retire the given snapshots (missing ones are ignored); returns how many."""
+        ...

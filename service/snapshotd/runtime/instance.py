@@ -26,12 +26,12 @@ from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer, fold
 from snapshotd.journals.base import Journal
 from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
     compatible,
     drop_known_corrupt,
-    newest_valid,
     report_damaged,
     state_fragment,
 )
@@ -150,6 +150,7 @@ class Instance:
         self.mailbox = Mailbox(config.queue_capacity)
         self.locks = RunLocks()
         self.reporter = CorruptionReporter(config.name, self.record_audit)
+        self.chains = Chains(journal, self.reporter)
         self.taken = 0
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.dropped = 0
@@ -349,7 +350,8 @@ class Instance:
             metas = compatible(run, await self.journal.list_snapshots(run_id))
             await report_damaged(self.journal, run_id, self.reporter)
             candidates = drop_known_corrupt(run_id, metas, self.reporter)
-            snapshot = await newest_valid(self.journal, run, candidates, self.reporter)
+            base = await self.chains.newest_valid(run, candidates, whole=True)
+            snapshot = None if base is None else base.snapshot()
             start = 0 if snapshot is None else snapshot.meta.through_seq
         page = await self.journal.read_event_page(run_id, start, limit)
         return {
@@ -390,7 +392,7 @@ class Instance:
         current: list[tuple[int, str, Any]] = []
         for meta in await self.journal.list_snapshots(run_id):
             try:
-                snapshot = await self.journal.read_snapshot(run_id, meta.snapshot_id)
+                snapshot = await self.chains.read_whole(run_id, meta)
                 state = compaction.decode_state(snapshot)
             except NotFound:
                 continue
