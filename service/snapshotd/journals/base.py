@@ -7,7 +7,7 @@ never block the event loop: file I/O runs in worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol, runtime_checkable
@@ -148,7 +148,11 @@ class Journal(Protocol):
         ...
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
-        """Delete the given snapshots (missing ones are ignored); returns how many went."""
+        """Delete the given snapshots (missing ones are ignored); returns how many went.
+
+        A snapshot another one not being deleted is stored on (a delta chain's link)
+        stays: see ``StoresLinks``.
+        """
         ...
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
@@ -247,3 +251,12 @@ class StoresLinks(Protocol):
     async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         """Retire the given snapshots (missing ones are ignored); returns how many."""
         ...
+
+
+def kept_bases(snapshots: Iterable[Snapshot | SnapshotMeta], doomed: Sequence[str]) -> list[str]:
+    """``doomed`` without the links another snapshot outside ``doomed`` is stored on:
+    ``delete_snapshots`` never breaks a chain, whatever its caller computed."""
+    gone = set(doomed)
+    metas = (s.meta if isinstance(s, Snapshot) else s for s in snapshots)
+    needed = {m.base_id for m in metas if m.base_id is not None and m.snapshot_id not in gone}
+    return [sid for sid in dict.fromkeys(doomed) if sid not in needed]

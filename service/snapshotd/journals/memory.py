@@ -14,7 +14,7 @@ from typing import Any
 from snapshotd.domain.errors import Conflict, NotFound, StaleLease, Superseded
 from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
 from snapshotd.domain.policies import newest_first
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.journals.base import UNSET, Document, EventPage, _Unset, kept_bases
 from snapshotd.journals.records import event_json
 
 
@@ -163,7 +163,8 @@ class MemoryJournal:
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         snaps = self._state(run_id).snapshots
-        return sum(snaps.pop(sid, None) is not None for sid in snapshot_ids)
+        doomed = kept_bases(snaps.values(), snapshot_ids)
+        return sum(snaps.pop(sid, None) is not None for sid in doomed)
 
     async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         snaps = self._state(run_id).snapshots

@@ -31,7 +31,7 @@ from snapshotd.domain.errors import (
 )
 from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
 from snapshotd.journals import records
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.journals.base import UNSET, Document, EventPage, _Unset, kept_bases
 from snapshotd.journals.fs.cache import Loaded, RunFiles
 from snapshotd.journals.fs.codec import (
     DOC_SUFFIX,
@@ -267,7 +267,18 @@ class FsJournal:
         files = await self._files(run_id)
         return dict(files.damaged)
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        files = await self._files(run_id)
+        return files.links()
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        files = await self._files(run_id)
+        listed = files.snapshots.get(snapshot_id)
+        if listed is None or listed.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return await self.read_link(run_id, snapshot_id)
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         files = await self._files(run_id)
         if snapshot_id not in files.snapshots:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
@@ -293,12 +304,15 @@ class FsJournal:
         async with files.lock:
             if lease is not None and files.run.lease is not None and lease != files.run.lease:
                 raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+            if meta.base_id is not None and meta.base_id not in files.snapshots:
+                raise Superseded(f"run {meta.run_id!r}: base link {meta.base_id} is gone")
             if meta.kind != "safety":
                 for other in files.snapshots.values():
                     if (
                         other.kind != "safety"
                         and other.version == meta.version
                         and other.through_seq >= meta.through_seq
+                        and not other.retired
                     ):
                         raise Superseded(
                             f"run {meta.run_id!r} already has a snapshot through seq "
@@ -309,10 +323,28 @@ class FsJournal:
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         files = await self._files(run_id)
         async with files.lock:
-            doomed = [sid for sid in dict.fromkeys(snapshot_ids) if sid in files.snapshots]
+            doomed = [
+                sid
+                for sid in kept_bases(files.snapshots.values(), snapshot_ids)
+                if sid in files.snapshots
+            ]
             if not doomed:
                 return 0
             return await self._io(partial(delete_snapshots, files, doomed))
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        files = await self._files(run_id)
+        retired = 0
+        async with files.lock:
+            for snapshot_id in dict.fromkeys(snapshot_ids):
+                listed = files.snapshots.get(snapshot_id)
+                if listed is None or listed.retired:
+                    continue
+                link = await self.read_link(run_id, snapshot_id)
+                meta = replace(link.meta, retired=True, pinned=False)
+                await self._io(partial(store_snapshot, files, Snapshot(meta, link.payload)))
+                retired += 1
+        return retired
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         files = await self._files(run_id)
@@ -338,7 +370,7 @@ class FsJournal:
                 continue
             run = files.run
             latest = max(
-                (m for m in files.snapshots.values() if m.version == run.version),
+                (m for m in files.snapshots.values() if m.version == run.version and not m.retired),
                 key=SnapshotMeta.order_key,
                 default=None,
             )

@@ -47,7 +47,11 @@ class RunFiles:
         return os.path.join(self.snapshot_dir, snapshot_id + SNAP_SUFFIX)
 
     def listed(self) -> list[SnapshotMeta]:
-        """The snapshots newest first, sorted once per replacement of ``snapshots``."""
+        """The snapshots newest first, retired links left out."""
+        return [m for m in self.links() if not m.retired]
+
+    def links(self) -> list[SnapshotMeta]:
+        """Every snapshot file newest first, sorted once per replacement of ``snapshots``."""
         snapshots = self.snapshots
         if self._listed_from is not snapshots:
             self._listed = newest_first(snapshots.values())

@@ -125,7 +125,7 @@ def append_events(log: JsonlLog, events: Sequence[NewEvent], now: datetime) -> i
 
 def store_snapshot(files: RunFiles, snapshot: Snapshot) -> None:
     meta = snapshot.meta
-    data = records.dumps(meta.to_json()) + b"\n" + snapshot.payload
+    data = records.dumps(records.meta_record(meta)) + b"\n" + snapshot.payload
     atomic_write(files.snapshot_dir, meta.snapshot_id + SNAP_SUFFIX, data)
     files.snapshots = {**files.snapshots, meta.snapshot_id: meta}
 

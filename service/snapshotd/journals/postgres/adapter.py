@@ -253,7 +253,21 @@ class PostgresJournal:
                     await self._require_run(conn, run_id)
         return [meta(row) for row in rows]
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        with self._errors("list_links"):
+            async with self._p.acquire() as conn:
+                rows = await conn.fetch(self._q.list_links, run_id)
+                if not rows:
+                    await self._require_run(conn, run_id)
+        return [meta(row) for row in rows]
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        snapshot = await self.read_link(run_id, snapshot_id)
+        if snapshot.meta.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return snapshot
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         with self._errors("read_snapshot"):
             row = await self._p.fetchrow(self._q.read_snapshot, run_id, snapshot_id)
         if row is None:
@@ -281,6 +295,10 @@ class PostgresJournal:
                 current = lease_row["lease"]
                 if lease is not None and current is not None and lease != current:
                     raise StaleLease(f"run {m.run_id!r} is leased to another owner")
+                if m.base_id is not None and not await conn.fetchval(
+                    self._q.lock_base, m.run_id, m.base_id
+                ):
+                    raise Superseded(f"run {m.run_id!r}: base link {m.base_id} is gone")
                 if m.kind != "safety":
                     latest = await conn.fetchrow(self._q.latest_progress, m.run_id, m.version)
                     if latest is not None:
@@ -306,6 +324,8 @@ class PostgresJournal:
                         created_at,
                         m.expires_at,
                         snapshot.payload,
+                        m.base_id,
+                        m.stored_bytes,
                     )
                 except asyncpg.UniqueViolationError:
                     raise Superseded(
@@ -314,8 +334,17 @@ class PostgresJournal:
                     ) from None
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Under the run's lock, so a link a concurrent write stores a delta on (it
+        holds the lock until it commits) is seen as needed and kept."""
         with self._errors("delete_snapshots"):
-            status = await self._p.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+            async with self._p.acquire() as conn, conn.transaction():
+                await conn.execute(self._q.lock, self._target.lock_key(f"run:{run_id}"))
+                status = await conn.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+        return int(status.rpartition(" ")[2])
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        with self._errors("retire_snapshots"):
+            status = await self._p.execute(self._q.retire_snapshots, run_id, list(snapshot_ids))
         return int(status.rpartition(" ")[2])
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
