@@ -88,12 +88,17 @@ class StepsCodec:
         if not parts:
             return whole
         if whole in (self._NULL, self._EMPTY):
-            body: list[bytes] = []
+            pieces: list[bytes | memoryview] = [self._PREFIX, parts[0]]
+            rest = parts[1:]
         elif whole.startswith(self._PREFIX) and whole.endswith(self._SUFFIX):
-            body = [whole[len(self._PREFIX) : -len(self._SUFFIX)]]
+            pieces = [memoryview(whole)[: -len(self._SUFFIX)]]
+            rest = parts
         else:
             raise Corrupt("the base of a steps delta is not a steps state")
-        return b"".join((self._PREFIX, b",".join(body + parts), self._SUFFIX))
+        for part in rest:
+            pieces += (b",", part)
+        pieces.append(self._SUFFIX)
+        return b"".join(pieces)  # one copy of the state, however long the chain
 
     def size(self, base_size: int, delta_size: int) -> int:
         if delta_size == 0:

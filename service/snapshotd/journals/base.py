@@ -248,6 +248,11 @@ class StoresLinks(Protocol):
         """One stored snapshot as stored (whole or a delta), retired or not. Raises NotFound."""
         ...
 
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        """``read_link`` of each of ``snapshot_ids``, in that order, in one round trip
+        (a chain is read whole to load it). Raises NotFound when one is missing."""
+        ...
+
     async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         """Retire the given snapshots (missing ones are ignored); returns how many."""
         ...

@@ -140,6 +140,9 @@ class MemoryJournal:
         except KeyError:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
 
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        return [await self.read_link(run_id, sid) for sid in snapshot_ids]
+
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
         state = self._state(meta.run_id)

@@ -141,10 +141,15 @@ class Chains:
             raise
 
     async def _read_whole(self, run_id: str, chain: list[SnapshotMeta]) -> bytes:
+        bottom_up = list(reversed(chain))
+        if self._links is None:
+            stored = [await self._journal.read_snapshot(run_id, chain[0].snapshot_id)]
+        else:
+            stored = await self._links.read_links(run_id, [m.snapshot_id for m in bottom_up])
         payloads: list[bytes] = []
         below: SnapshotMeta | None = None
-        for meta in reversed(chain):
-            link = await self._read_link(run_id, meta, below)
+        for meta, link in zip(bottom_up, stored, strict=True):
+            self._check(meta, link, below)
             payloads.append(link.payload)
             below = link.meta
         top = chain[0]
@@ -160,17 +165,19 @@ class Chains:
     async def _read_link(
         self, run_id: str, meta: SnapshotMeta, below: SnapshotMeta | None
     ) -> Snapshot:
-        if self._links is None:
-            link = await self._journal.read_snapshot(run_id, meta.snapshot_id)
-        else:
-            link = await self._links.read_link(run_id, meta.snapshot_id)
+        assert self._links is not None
+        link = await self._links.read_link(run_id, meta.snapshot_id)
+        self._check(meta, link, below)
+        return link
+
+    @staticmethod
+    def _check(meta: SnapshotMeta, link: Snapshot, below: SnapshotMeta | None) -> None:
         try:
             if link.meta.checksum != meta.checksum:
                 raise Corrupt(f"snapshot {meta.snapshot_id}: changed while being read")
             chains.verify_link(link.meta, link.payload, below)
         except Corrupt as exc:
             raise BrokenLink(meta.snapshot_id, str(exc)) from None
-        return link
 
     def _is_verified(self, run_id: str, chain: Sequence[SnapshotMeta]) -> bool:
         return all(self._verified.get((run_id, m.snapshot_id)) == m.checksum for m in chain)

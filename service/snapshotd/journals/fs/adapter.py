@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -39,7 +38,6 @@ from snapshotd.journals.fs.codec import (
     SNAPSHOT_ID,
     decode_events,
     entry_name,
-    parse_meta,
     run_json,
 )
 from snapshotd.journals.fs.files import atomic_write, fsync_dir
@@ -51,6 +49,7 @@ from snapshotd.journals.fs.runs import (
     delete_snapshots,
     load_run,
     read_document,
+    read_snapshot_files,
     store_snapshot,
 )
 
@@ -279,22 +278,16 @@ class FsJournal:
         return await self.read_link(run_id, snapshot_id)
 
     async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        (link,) = await self.read_links(run_id, [snapshot_id])
+        return link
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
         files = await self._files(run_id)
-        if snapshot_id not in files.snapshots:
-            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
-        path = files.snapshot_path(snapshot_id)
-
-        def read() -> Snapshot:
-            try:
-                data = Path(path).read_bytes()
-            except FileNotFoundError:
-                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
-            head, newline, payload = data.partition(b"\n")
-            if not newline:
-                raise Corrupt(f"{path}: no metadata line")
-            return Snapshot(parse_meta(path, head, run_id, snapshot_id), payload)
-
-        return await self._io(read)
+        for snapshot_id in snapshot_ids:
+            if snapshot_id not in files.snapshots:
+                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        paths = [(sid, files.snapshot_path(sid)) for sid in snapshot_ids]
+        return await self._io(partial(read_snapshot_files, run_id, paths))
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta

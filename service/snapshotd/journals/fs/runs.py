@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from snapshotd.domain.errors import Corrupt
+from snapshotd.domain.errors import Corrupt, NotFound
 from snapshotd.domain.model import NewEvent, Run, Snapshot, SnapshotMeta
 from snapshotd.journals import records
 from snapshotd.journals.base import Document
@@ -128,6 +128,21 @@ def store_snapshot(files: RunFiles, snapshot: Snapshot) -> None:
     data = records.dumps(records.meta_record(meta)) + b"\n" + snapshot.payload
     atomic_write(files.snapshot_dir, meta.snapshot_id + SNAP_SUFFIX, data)
     files.snapshots = {**files.snapshots, meta.snapshot_id: meta}
+
+
+def read_snapshot_files(run_id: str, paths: list[tuple[str, str]]) -> list[Snapshot]:
+    """Read snapshot files (id, path) as stored: metadata line + payload."""
+    found: list[Snapshot] = []
+    for snapshot_id, path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
+        head, newline, payload = data.partition(b"\n")
+        if not newline:
+            raise Corrupt(f"{path}: no metadata line")
+        found.append(Snapshot(parse_meta(path, head, run_id, snapshot_id), payload))
+    return found
 
 
 def delete_snapshots(files: RunFiles, snapshot_ids: list[str]) -> int:

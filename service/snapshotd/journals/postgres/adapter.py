@@ -274,6 +274,15 @@ class PostgresJournal:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
         return Snapshot(meta(row), row["payload"])
 
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        with self._errors("read_links"):
+            rows = await self._p.fetch(self._q.read_links, run_id, list(snapshot_ids))
+        found = {row["snapshot_id"]: Snapshot(meta(row), row["payload"]) for row in rows}
+        missing = [sid for sid in snapshot_ids if sid not in found]
+        if missing:
+            raise NotFound(f"snapshot {missing[0]!r} of run {run_id!r} not found")
+        return [found[sid] for sid in snapshot_ids]
+
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         """One transaction holding the run's advisory xact lock (key in docs/postgres.md).
 

@@ -43,6 +43,7 @@ class Queries:
     list_snapshots: str
     list_links: str
     read_snapshot: str
+    read_links: str
     try_run_lock: str
     run_lease: str
     latest_progress: str

@@ -48,6 +48,11 @@ SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_
        checksum, kind, pinned, created_at, expires_at, base_id, stored_bytes, retired, payload
 FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = $2
 
+-- name: read_links
+SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
+       checksum, kind, pinned, created_at, expires_at, base_id, stored_bytes, retired, payload
+FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])
+
 -- name: try_run_lock
 SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))
 
