@@ -61,7 +61,6 @@ def test_every_command_parses(argv: list[str]) -> None:
         [],
         ["load"],
         ["pin", "r"],
-        ["migrate"],
         ["snapshot-now", "r", "--kind", "auto"],
         ["demo", "--runs", "0"],
     ],
@@ -216,4 +215,34 @@ def test_migrate(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = _run(capsys, "migrate", "--dsn", pg_dsn)
     assert code == 0
     code, out, _ = _run(capsys, "migrate", "--dsn", pg_dsn, "--json")
-    assert (code, json.loads(out)) == (0, {"applied": []})
+    assert (code, json.loads(out)["applied"]) == (0, [])
+
+
+@pytest.mark.postgres
+def test_migrate_reads_every_dsn_of_snapshotd_dsn(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = [f"{pg_dsn}?schema=shard_{i}" for i in range(2)]
+    monkeypatch.setenv("SNAPSHOTD_DSN", f" {shards[0]}\n\t{shards[1]} ")
+    code, out, _ = _run(capsys, "migrate", "--json")
+    result = json.loads(out)
+    assert code == 0
+    assert [db["applied"] for db in result["databases"]] == [result["applied"]] * 2
+    assert result["applied"]
+    assert all("schema=shard_" in db["database"] for db in result["databases"])
+    code, out, _ = _run(capsys, "migrate")
+    assert code == 0
+    assert out.count("database is up to date") == 2
+    # --dsn wins over the environment.
+    code, out, _ = _run(capsys, "migrate", "--dsn", shards[0])
+    assert (code, out) == (0, "database is up to date\n")
+
+
+def test_migrate_without_a_dsn_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNAPSHOTD_DSN", "  ")
+    code, out, err = _run(capsys, "migrate", "--json")
+    assert code == 2
+    assert "no DSN: pass --dsn or set SNAPSHOTD_DSN" in err
+    assert json.loads(out)["error"]["code"] == "usage"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -154,13 +155,18 @@ def test_resource_defaults_to_snapshotd(monkeypatch: pytest.MonkeyPatch) -> None
     attributes = build_resource("1.2.3").attributes
     assert attributes["service.name"] == "snapshotd"
     assert attributes["service.version"] == "1.2.3"
+    assert attributes["service.instance.id"] == f"{socket.gethostname()}-{os.getpid()}"
 
 
 def test_resource_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "snapshotd-eu")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=core")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment=prod,team=core,service.instance.id=pod-7",
+    )
     attributes = build_resource("1.2.3").attributes
     assert attributes["service.name"] == "snapshotd-eu"
+    assert attributes["service.instance.id"] == "pod-7"
     assert attributes["deployment.environment"] == "prod"
     assert attributes["team"] == "core"
     assert attributes["service.version"] == "1.2.3"

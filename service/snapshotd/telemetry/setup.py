@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,13 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
@@ -148,11 +155,20 @@ def settings_from_env(env: Mapping[str, str]) -> OtlpSettings:
 
 
 def build_resource(service_version: str) -> Resource:
-    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` (default snapshotd)."""
+    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` (default snapshotd).
+
+    ``service.instance.id`` is ``HOSTNAME-PID`` unless ``OTEL_RESOURCE_ATTRIBUTES``
+    sets it (rather than a random id some SDK versions add): the Collector's Prometheus
+    exporter makes it the ``instance`` label, so two daemons never share a series and
+    an operator can tell which host a series comes from.
+    """
     detected = Resource.create()
     name = str(detected.attributes.get(SERVICE_NAME, ""))
     if name.startswith("unknown_service"):
         detected = detected.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if SERVICE_INSTANCE_ID not in OTELResourceDetector().detect().attributes:
+        instance_id = f"{socket.gethostname()}-{os.getpid()}"
+        detected = detected.merge(Resource({SERVICE_INSTANCE_ID: instance_id}))
     return Resource({SERVICE_VERSION: service_version}).merge(detected)
 
 
