@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -464,3 +465,29 @@ def test_compose_provisions_prometheus_and_grafana() -> None:
     (providers,) = _yaml_docs(mounts["/etc/grafana/provisioning"] / "dashboards/snapshotd.yaml")
     path = providers["providers"][0]["options"]["path"]
     assert (mounts[path] / DASHBOARD.name).exists()
+
+
+# --- packaging -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wheel_carries_license_sql_files_and_no_license_warning(tmp_path: Path) -> None:
+    result = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deprecated" not in result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("snapshotd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    package = ROOT / "service" / "snapshotd"
+    sql = {"snapshotd/" + str(path.relative_to(package)) for path in package.glob("**/*.sql")} | {
+        f"snapshotd/migrations/{p.name}" for p in (ROOT / "migrations").glob("*.sql")
+    }
+    assert sql and sql <= names, sql - names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert b"License-Expression: Apache-2.0" in metadata
+    assert b"Provides-Extra: grpc" in metadata
+    grpc = [line for line in metadata.decode().splitlines() if "otlp-proto-grpc" in line]
+    assert grpc and all(line.endswith('extra == "grpc"') for line in grpc), grpc

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
@@ -189,3 +191,21 @@ def test_bounded_shutdown_neither_blocks_nor_raises() -> None:
     assert time.monotonic() - started < 1.0
     assert ran == ["quick"]
     release.set()
+
+
+@pytest.mark.parametrize(
+    ("module", "build"),
+    [
+        ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", setup._metric_exporter),
+        ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", setup._span_exporter),
+    ],
+)
+def test_grpc_without_the_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, build: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if snapshotd[grpc] were not installed
+    settings = settings_from_env(
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}
+    )
+    with pytest.raises(ConfigError, match=r"snapshotd\[grpc\]"):
+        build(settings, "http://c:4317")

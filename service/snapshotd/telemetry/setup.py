@@ -212,11 +212,22 @@ def build_providers(
     return meter_provider, tracer_provider
 
 
-def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
-    # Exporters are imported on demand: the gRPC stack is slow to import and rarely used.
-    if settings.metrics_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+GRPC_MISSING = (
+    "OTEL_EXPORTER_OTLP_PROTOCOL: grpc needs the gRPC exporter, which is not installed: "
+    "pip install 'snapshotd[grpc]' (or use http/protobuf)"
+)
 
+
+def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
+    # Exporters are imported on demand: the gRPC stack is slow to import, rarely used,
+    # and an optional extra.
+    if settings.metrics_protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+        except ImportError:
+            raise ConfigError(GRPC_MISSING) from None
         return OTLPMetricExporter(endpoint=endpoint, timeout=settings.timeout_s)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
@@ -227,8 +238,10 @@ def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
 
 def _span_exporter(settings: OtlpSettings, endpoint: str) -> SpanExporter:
     if settings.traces_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ConfigError(GRPC_MISSING) from None
         return OTLPSpanExporter(endpoint=endpoint, timeout=settings.timeout_s)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
