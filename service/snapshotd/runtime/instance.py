@@ -228,6 +228,13 @@ class Instance:
             return True
         return False
 
+    def journal_reconnected(self) -> None:
+        """The journal's notification connection is back after a loss: count the
+        reconnect, and sweep for the appends it may have missed."""
+        self.health.reconnected()
+        self.journal_answers = True
+        self.request_sweep()
+
     def stop_intake(self) -> None:
         """Close the mailbox: queued requests are discarded (hints; sweeps recover them)."""
         discarded = self.mailbox.close()
