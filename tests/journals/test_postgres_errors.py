@@ -14,7 +14,7 @@ from snapshotd.domain.errors import (
     TooLarge,
     Unavailable,
 )
-from snapshotd.journals.postgres import _wrap_errors
+from snapshotd.journals.postgres.errors import wrap_errors as _wrap_errors
 
 
 class _Raised(asyncpg.PostgresError):
