@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,8 +28,16 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.domain.model import (
+    AuditEntry,
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    Snapshot,
+    SnapshotMeta,
+)
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
 from snapshotd.journals.migrate import (
     MigrationError,
     PgTarget,
@@ -46,11 +54,12 @@ from snapshotd.journals.postgres.rows import decode_events, meta
 from snapshotd.journals.records import dumps
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from snapshotd.journals.migrate import Conn
 
 _APP_NAME = "snapshotd"
+
+_MIN_TIME = datetime.min.replace(tzinfo=UTC)
+"""Below every due time: the keyset start of a sweep from the oldest due run."""
 
 _TICK = timedelta(microseconds=1)
 """The resolution of timestamptz: the smallest step that keeps created_at increasing."""
@@ -166,6 +175,7 @@ class PostgresJournal:
             row = await self._p.fetchrow(self._q.get_run, run_id)
         if row is None:
             return None
+        due_seq = row["due_seq"]
         return Run(
             row["run_id"],
             row["workflow"],
@@ -173,6 +183,7 @@ class PostgresJournal:
             row["lease"],
             row["last_seq"],
             row["created_at"],
+            None if due_seq is None else DuePoint(row["snap_seq"], due_seq, row["due_at"]),
         )
 
     async def _require_run(self, conn: Conn, run_id: str) -> None:
@@ -323,6 +334,34 @@ class PostgresJournal:
             done = await self._p.fetchval(self._q.set_pinned, run_id, snapshot_id, pinned)
         if not done:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        start = (_MIN_TIME, "") if after is None else (after.due_at, after.run_id)
+        with self._errors("sweep_due"):
+            rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+        return [DueRun(row[0], row[1]) for row in rows]
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        with self._errors("set_due"):
+            async with self._p.acquire() as conn:
+                done = await conn.fetchval(
+                    self._q.set_due,
+                    run_id,
+                    point.snap_seq,
+                    point.due_seq,
+                    point.due_at,
+                    snapshotted,
+                )
+                if not done:
+                    await self._require_run(conn, run_id)
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        with self._errors("record_failure"):
+            done = await self._p.fetchval(
+                self._q.record_failure, run_id, now, max_delay_s, FIRST_RETRY_S
+            )
+        if not done:
+            raise NotFound(f"run {run_id!r} not found")
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
         with self._errors("due_runs"):

@@ -23,8 +23,8 @@ from snapshotd.domain.errors import (
     Unavailable,
 )
 
-# The append function's SD409 message names the run's last seq: "run 'r' is at seq 5, not 3".
-_LAST_SEQ = re.compile(r"is at seq (\d+),")
+# The append function's SD409 carries the run's last seq as DETAIL "last_seq=5".
+_LAST_SEQ = re.compile(r"last_seq=(\d+)")
 
 # SQLSTATEs raised by the migrations' append function.
 _SQLSTATE_ERRORS: dict[str, type[SnapshotdError]] = {
@@ -43,7 +43,8 @@ def wrap_errors(where: str) -> Iterator[None]:
         state = exc.sqlstate or ""
         mapped = _SQLSTATE_ERRORS.get(state)
         if mapped is not None:
-            seen = _LAST_SEQ.search(str(exc)) if mapped is Conflict else None
+            detail = getattr(exc, "detail", None) or ""
+            seen = _LAST_SEQ.fullmatch(detail) if mapped is Conflict else None
             details = {"last_seq": int(seen[1])} if seen else {}
             raise mapped(str(exc), **details) from None
         # Bad data and exceeded limits are the request's fault: retrying cannot help.
