@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import asyncpg
@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 from snapshotd.domain.errors import (
     Busy,
     Conflict,
+    Corrupt,
     NotFound,
     StaleLease,
     Superseded,
@@ -232,7 +233,8 @@ class PostgresJournal:
             )
         return last
 
-    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes]:
+    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes | None]:
+        """Stored bodies after ``after_seq``; None stands for a row failing its checksum."""
         with self._errors("read events"):
             async with self._p.acquire() as conn:
                 rows = await conn.fetch(self._q.event_bodies, run_id, after_seq, limit)
@@ -240,10 +242,20 @@ class PostgresJournal:
                     await self._require_run(conn, run_id)
         return [row[0] for row in rows]
 
+    def _checked(self, run_id: str, after_seq: int, bodies: list[bytes | None]) -> list[bytes]:
+        """``bodies`` when every one is intact; Corrupt naming the first damaged row."""
+        if None in bodies:
+            seq = max(after_seq, 0) + bodies.index(None) + 1
+            raise Corrupt(
+                f"events row (run_id={run_id!r}, seq={seq}) of {self.description} "
+                "does not match its checksum"
+            )
+        return cast("list[bytes]", bodies)
+
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
     ) -> list[Event]:
-        bodies = await self._bodies(run_id, after_seq, limit)
+        bodies = self._checked(run_id, after_seq, await self._bodies(run_id, after_seq, limit))
         return decode_events(run_id, bodies, max(after_seq, 0))
 
     async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
@@ -252,7 +264,7 @@ class PostgresJournal:
         if has_more:
             del bodies[limit:]
         last = max(after_seq, 0) + len(bodies) if bodies else after_seq
-        return EventPage(bodies, last, has_more)
+        return EventPage(self._checked(run_id, after_seq, bodies), last, has_more)
 
     # snapshots ------------------------------------------------------------
 
