@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from hashlib import md5
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -48,7 +49,7 @@ from snapshotd.journals.migrate import (
     migrate_target,
     parse_dsn,
 )
-from snapshotd.journals.postgres.errors import wrap_errors
+from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
 from snapshotd.journals.postgres.listener import Listener
 from snapshotd.journals.postgres.queries import Queries
 from snapshotd.journals.postgres.rows import decode_events, meta
@@ -228,29 +229,38 @@ class PostgresJournal:
         types = [e.type for e in events]
         data = [orjson.dumps(e.data).decode() for e in events]
         with self._errors("append"):
-            last: int = await self._p.fetchval(
-                self._q.append, run_id, expected_seq, lease, types, data, now
-            )
+            conn = await self._p.acquire()
+        try:
+            with commit_errors(f"postgresql journal {self.description}: append"):
+                last: int = await conn.fetchval(
+                    self._q.append, run_id, expected_seq, lease, types, data, now
+                )
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._p.release(conn)
         return last
 
-    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes | None]:
-        """Stored bodies after ``after_seq``; None stands for a row failing its checksum."""
+    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[Any]:
+        """Stored (body, md5) rows after ``after_seq``, unchecked."""
         with self._errors("read events"):
             async with self._p.acquire() as conn:
                 rows = await conn.fetch(self._q.event_bodies, run_id, after_seq, limit)
                 if not rows:
                     await self._require_run(conn, run_id)
-        return [row[0] for row in rows]
+        return rows
 
-    def _checked(self, run_id: str, after_seq: int, bodies: list[bytes | None]) -> list[bytes]:
-        """``bodies`` when every one is intact; Corrupt naming the first damaged row."""
-        if None in bodies:
-            seq = max(after_seq, 0) + bodies.index(None) + 1
+    def _checked(self, run_id: str, after_seq: int, rows: list[Any]) -> list[bytes]:
+        """The bodies when every one matches its checksum; Corrupt naming the first
+        that does not (its seq: the run's seqs are contiguous)."""
+        bodies: list[bytes] = [row[0] for row in rows]
+        sums = [md5(body, usedforsecurity=False).digest() for body in bodies]
+        if sums != [row[1] for row in rows]:
+            bad = next(i for i, row in enumerate(rows) if sums[i] != row[1])
             raise Corrupt(
-                f"events row (run_id={run_id!r}, seq={seq}) of {self.description} "
-                "does not match its checksum"
+                f"events row (run_id={run_id!r}, seq={max(after_seq, 0) + bad + 1}) of "
+                f"{self.description} does not match its checksum"
             )
-        return cast("list[bytes]", bodies)
+        return bodies
 
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None

@@ -40,9 +40,8 @@ SELECT run_id FROM {schema}.runs WHERE run_id > coalesce($1, '') ORDER BY run_id
 SELECT {schema}.append_encoded_events($1, $2, $3, $4, $5, $6)
 
 -- name: event_bodies
--- NULL for a row that no longer matches its checksum (migration 0003).
-SELECT CASE WHEN md5(body)::uuid = body_md5 THEN body END
-FROM {schema}.events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3::bigint
+-- body_md5 is checked by the adapter (migration 0003).
+SELECT body, body_md5 FROM {schema}.events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3::bigint
 
 -- name: list_snapshots
 SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
