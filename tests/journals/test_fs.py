@@ -23,8 +23,9 @@ from snapshotd.domain import compaction
 from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
 from snapshotd.domain.model import NewEvent
 from snapshotd.domain.reducers import fold, last_by_key
-from snapshotd.journals import fsio
 from snapshotd.journals.fs import FsJournal
+from snapshotd.journals.fs import files as fsfiles
+from snapshotd.journals.fs import log as fslog
 from tests.support import make_snapshot
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +66,7 @@ def events_file(root: Path, run_id: str) -> Path:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(fsio.TEMP_PREFIX)]
+    return [p for p in root.rglob("*") if p.name.startswith(fsfiles.TEMP_PREFIX)]
 
 
 async def add_run(journal: FsJournal, run_id: str, events: int) -> None:
@@ -263,13 +264,13 @@ async def test_pages_skip_parsing_only_while_no_one_else_wrote(
     await add_run(fs, "r", 4)
     await fs.append("r", ev(2), expected_seq=4, lease=None, now=T0)
     parsed: list[int] = []
-    real_validate = fsio.JsonlLog._validate
+    real_validate = fslog.JsonlLog._validate
 
-    def counting(log: fsio.JsonlLog, raws: list[bytes], first: int) -> list[dict[str, Any]]:
+    def counting(log: fslog.JsonlLog, raws: list[bytes], first: int) -> list[dict[str, Any]]:
         parsed.append(len(raws))
         return real_validate(log, raws, first)
 
-    monkeypatch.setattr(fsio.JsonlLog, "_validate", counting)
+    monkeypatch.setattr(fslog.JsonlLog, "_validate", counting)
     page = await fs.read_event_page("r", 0, 10)
     assert (len(page.events), parsed) == (6, [])
     path = events_file(root, "r")
@@ -287,13 +288,13 @@ async def test_whole_events_file_is_parsed_once_per_run_per_open(
     await add_run(fs, "b", 0)
     fs = await reopen(fs, root)
     checked: list[str] = []
-    real_check = fsio.JsonlLog.check
+    real_check = fslog.JsonlLog.check
 
-    def counting(log: fsio.JsonlLog, fields: tuple[str, ...] = ()) -> None:
+    def counting(log: fslog.JsonlLog, fields: tuple[str, ...] = ()) -> None:
         checked.append(Path(log.path).parent.name)
         real_check(log, fields)
 
-    monkeypatch.setattr(fsio.JsonlLog, "check", counting)
+    monkeypatch.setattr(fslog.JsonlLog, "check", counting)
     for _ in range(3):
         await fs.get_run("a")
         await fs.read_events("a", 0)
