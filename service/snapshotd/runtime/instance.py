@@ -25,6 +25,7 @@ from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer, fold
 from snapshotd.journals.base import Journal
+from snapshotd.runtime import schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
@@ -268,6 +269,7 @@ class Instance:
         started = time.perf_counter()
         with self.telemetry.snapshot_span(run_id) as span:
             outcome = await attempt(self, run_id, lease=lease, force=force, kind=kind)
+            await schedule.record(self.journal, outcome, utcnow())
             await self._record(span, run_id, kind, outcome, time.perf_counter() - started, counted)
         return outcome
 

@@ -49,6 +49,9 @@ class Queries:
     delete_snapshots: str
     set_pinned: str
     due_runs: str
+    sweep_due: str
+    set_due: str
+    record_failure: str
     lock: str
     append_audit: str
     read_audit: str
