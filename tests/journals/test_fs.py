@@ -13,9 +13,11 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -24,8 +26,10 @@ from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
 from snapshotd.domain.model import NewEvent
 from snapshotd.domain.reducers import fold, last_by_key
 from snapshotd.journals.fs import FsJournal
+from snapshotd.journals.fs import adapter as adapter_module
 from snapshotd.journals.fs import files as fsfiles
 from snapshotd.journals.fs import log as fslog
+from snapshotd.journals.fs import runs as runs_module
 from tests.support import make_snapshot
 
 pytestmark = pytest.mark.anyio
@@ -693,3 +697,196 @@ async def test_kill_9_loses_no_acknowledged_write(root: Path) -> None:
         finally:
             await journal.aclose()
     assert time.monotonic() - started < 20
+
+
+# locked down -----------------------------------------------------------------------
+
+
+async def test_files_are_private_and_directories_owner_only(root: Path) -> None:
+    old_umask = os.umask(0)
+    try:
+        journal = FsJournal(root)
+        await journal.open()
+        await add_run(journal, "r", 2)
+        events = await journal.read_events("r", 0)
+        await journal.write_snapshot(make_snapshot("r", events), lease=None)
+        await journal.set_version("r", "v2")
+        await journal.put_document("ns", "k", b"{}", None)
+        await journal.append_audit("x", {}, T0)
+        await journal.aclose()
+    finally:
+        os.umask(old_umask)
+    modes = {p.relative_to(root): p.stat().st_mode & 0o777 for p in root.rglob("*")}
+    assert modes, "the journal holds files"
+    for path, mode in modes.items():
+        expected = 0o700 if (root / path).is_dir() else 0o600
+        assert mode == expected, (path, oct(mode))
+    assert root.stat().st_mode & 0o777 == 0o700
+
+
+async def test_append_never_writes_through_a_symlinked_events_file(
+    fs: FsJournal, root: Path, tmp_path: Path
+) -> None:
+    await add_run(fs, "r", 2)
+    path = events_file(root, "r")
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    before = target.read_bytes()
+    # Cached or reopened: either way the link is refused and the run is corrupt.
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.append("r", ev(1), expected_seq=2, lease=None, now=T0)
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.append("r", ev(1), expected_seq=2, lease=None, now=T0)
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.read_event_page("r", 0, 10)
+    assert target.read_bytes() == before
+    await fs.aclose()
+
+
+@pytest.mark.parametrize("what", ["run-dir", "run.json", "snapshots"])
+async def test_a_symlink_where_a_run_file_belongs_makes_that_run_corrupt(
+    fs: FsJournal, root: Path, tmp_path: Path, what: str
+) -> None:
+    await add_run(fs, "r", 2)
+    await add_run(fs, "other", 1)
+    run_dir = events_file(root, "r").parent
+    copy = tmp_path / "copy"
+    os.rename(run_dir, copy)
+    run_dir.mkdir()
+    for item in copy.iterdir():
+        os.rename(item, run_dir / item.name)
+    place = {
+        "run-dir": run_dir,
+        "run.json": run_dir / "run.json",
+        "snapshots": run_dir / "snapshots",
+    }[what]
+    moved = tmp_path / "moved"
+    os.rename(place, moved)
+    place.symlink_to(moved)
+    fs = await reopen(fs, root)
+    assert "r" in await fs.list_runs(None, 10)
+    with pytest.raises(Corrupt, match=re.escape(str(place)) + ": a symbolic link"):
+        await fs.get_run("r")
+    assert [e.seq for e in await fs.read_events("other", 0)] == [1]
+    await fs.aclose()
+
+
+async def test_a_symlinked_snapshot_file_is_set_aside(
+    fs: FsJournal, root: Path, tmp_path: Path
+) -> None:
+    await add_run(fs, "r", 2)
+    made = make_snapshot("r", await fs.read_events("r", 0))
+    await fs.write_snapshot(made, lease=None)
+    snap = events_file(root, "r").parent / "snapshots" / f"{made.meta.snapshot_id}.snap"
+    os.rename(snap, tmp_path / "outside.snap")
+    snap.symlink_to(tmp_path / "outside.snap")
+    fs = await reopen(fs, root)
+    assert await fs.list_snapshots("r") == []
+    assert "symbolic link" in (await fs.damaged_snapshots("r"))[made.meta.snapshot_id]
+    await fs.aclose()
+
+
+@pytest.mark.parametrize("what", ["staging", "documents", "format.json"])
+async def test_the_roots_own_entries_must_not_be_symlinks(
+    root: Path, tmp_path: Path, what: str
+) -> None:
+    journal = FsJournal(root)
+    await journal.open()
+    await journal.aclose()
+    place = root / what
+    moved = tmp_path / "moved"
+    os.rename(place, moved)
+    place.symlink_to(moved)
+    with pytest.raises(
+        ConfigError, match=re.escape(str(place)) if what != "format.json" else "format"
+    ):
+        await FsJournal(root).open()
+
+
+# at scale --------------------------------------------------------------------------
+
+
+async def test_run_cache_is_bounded_and_evicts_least_recently_used(root: Path) -> None:
+    journal = FsJournal(root, cached_runs=3)
+    await journal.open()
+    for n in range(6):
+        await add_run(journal, f"r{n}", 1)
+    assert len(journal._runs) == 3
+    for n in range(6):
+        run = await journal.get_run(f"r{n}")
+        assert run is not None
+        assert run.last_seq == 1
+        assert len(journal._runs) <= 3
+    assert journal._runs.get("r5") is not None
+    assert journal._runs.get("r0") is None
+    await journal.aclose()
+
+
+async def test_a_run_being_written_is_never_evicted(root: Path) -> None:
+    journal = FsJournal(root, cached_runs=1)
+    await journal.open()
+    await add_run(journal, "busy", 1)
+    files = journal._runs.get("busy")
+    assert files is not None
+    async with files.lock:
+        await add_run(journal, "other", 1)
+        assert journal._runs.get("busy") is files
+    # Writes to one run share one lock and one log whatever else is loaded meanwhile.
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(
+                partial(journal.append, "busy", ev(1), expected_seq=None, lease=None, now=T0)
+            )
+            tg.start_soon(journal.get_run, f"{'other' if n % 2 else 'busy'}")
+    assert [e.seq for e in await journal.read_events("busy", 0)] == list(range(1, 22))
+    await journal.aclose()
+
+
+async def test_sweep_reads_no_run_and_survives_restart(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        await add_run(fs, f"r{n}", n)
+    made = make_snapshot("r3", await fs.read_events("r3", 0))
+    await fs.write_snapshot(made, lease=None)
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r4"]
+    fs = await reopen(fs, root)
+    loads: list[str] = []
+    real = runs_module.load_run
+    monkeypatch.setattr(
+        adapter_module, "load_run", lambda *a, **k: loads.append(a[2]) or real(*a, **k)
+    )
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r4"]
+    assert await fs.due_runs(T0, 10) == []
+    assert len(await fs.due_runs(later, 2)) == 2
+    assert loads == []
+    await fs.append("r3", ev(1), expected_seq=3, lease=None, now=T0)
+    assert "r3" in await fs.due_runs(later, 10)
+    await fs.aclose()
+
+
+async def test_a_lost_index_is_rebuilt_and_a_stale_entry_heals(fs: FsJournal, root: Path) -> None:
+    for n in range(4):
+        await add_run(fs, f"r{n}", n)
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    await fs.aclose()
+    (root / "due.jsonl").unlink()
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()
+    # A crash between the index record and the events: the index names a run with nothing new.
+    with (root / "due.jsonl").open("ab") as index:
+        index.write(b'["r0",1.0]\n["r1",')
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r0", "r1", "r2", "r3"]
+    assert (await fs.get_run("r0")) is not None  # looking at the run corrects the index
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()
+    (root / "due.jsonl").write_bytes(b"not an index\n")
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()

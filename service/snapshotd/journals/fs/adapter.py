@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import orjson
 
 from snapshotd.domain.errors import (
     BadRequest,
@@ -26,12 +25,10 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals import records
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.domain.model import Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.journals.base import UNSET, EventPage, _Unset
 from snapshotd.journals.fs.cache import RunCache, RunFiles
 from snapshotd.journals.fs.codec import (
-    DOC_SUFFIX,
     SNAPSHOT_ID,
     decode_events,
     entry_name,
@@ -47,11 +44,10 @@ from snapshotd.journals.fs.runs import (
     create_run_dir,
     delete_snapshots,
     load_run,
-    read_document,
     read_snapshot,
     store_snapshot,
-    write_document,
 )
+from snapshotd.journals.fs.shared import SharedFiles, unavailable
 
 T = TypeVar("T")
 
@@ -59,43 +55,28 @@ DEFAULT_CACHED_RUNS = 4096
 """Runs whose record, events tip and snapshot list stay in memory (about 3 KB each)."""
 
 
-class FsJournal:
+class FsJournal(SharedFiles):
     """Journal in a directory; one process at a time (enforced with flock)."""
 
     def __init__(self, path: str | os.PathLike[str], *, cached_runs: int = DEFAULT_CACHED_RUNS):
         if cached_runs < 1:
             raise ValueError("cached_runs must be at least 1")
-        self._given = os.fspath(path)
+        super().__init__(path)
         self._path = os.path.abspath(self._given)
-        self._root: Root | None = None
         self._lock_fd: int | None = None
         self._runs = RunCache(cached_runs)
         self._run_ids: list[str] = []
         self._stray: set[str] = set()
         self._index: DueIndex | None = None
-        self._audit: JsonlLog | None = None
         self._create_lock = anyio.Lock()
-        self._audit_lock = anyio.Lock()
-        self._doc_lock = anyio.Lock()
-
-    @property
-    def description(self) -> str:
-        return f"fs:{self._given}"
 
     # plumbing -------------------------------------------------------------
 
-    def _opened(self) -> tuple[Root, DueIndex, JsonlLog]:
-        if self._root is None or self._index is None or self._audit is None:
+    def _opened(self) -> tuple[Root, DueIndex]:
+        root, _ = self._shared()
+        if self._index is None:
             raise Unavailable(f"journal {self.description} is not open")
-        return self._root, self._index, self._audit
-
-    async def _io(self, func: Callable[[], T]) -> T:
-        """Run one whole blocking operation in a worker thread; OSError -> Unavailable."""
-        self._opened()
-        try:
-            return await anyio.to_thread.run_sync(func)
-        except OSError as exc:
-            raise unavailable(exc) from exc
+        return root, self._index
 
     def _known(self, run_id: str) -> str | None:
         """The id object kept in the run list (shared by the index), None if unknown."""
@@ -113,7 +94,7 @@ class FsJournal:
         files = self._runs.get(run_id)
         if files is not None:
             return files
-        root, _, _ = self._opened()
+        root, _ = self._opened()
         name = entry_name(run_id)
         if self._known(run_id) is None and name not in self._stray:
             raise NotFound(f"run {run_id!r} not found")
@@ -213,7 +194,7 @@ class FsJournal:
                 if existing.run.workflow != workflow:
                     raise Conflict(f"run {run_id!r} exists with workflow {existing.run.workflow!r}")
                 return False
-            root, _, _ = self._opened()
+            root, _ = self._opened()
             run = Run(run_id, workflow, version, lease, 0, now)
             created = partial(bisect.insort, self._run_ids, run_id)
             loaded = await self._io(partial(create_run_dir, root, entry_name(run_id), run, created))
@@ -244,7 +225,7 @@ class FsJournal:
             await self._rewrite_run(files, replace(files.run, lease=lease))
 
     async def _rewrite_run(self, files: RunFiles, run: Run) -> None:
-        root, _, _ = self._opened()
+        root, _ = self._opened()
 
         def write() -> None:
             with root.directory(files.name) as directory:
@@ -282,7 +263,7 @@ class FsJournal:
                 )
             if not events:
                 return last
-            _, index, _ = self._opened()
+            _, index = self._opened()
             known = self._known(run_id) or run_id
 
             def write() -> int:
@@ -330,7 +311,7 @@ class FsJournal:
         files = await self._files(run_id)
         if snapshot_id not in files.snapshots:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
-        root, _, _ = self._opened()
+        root, _ = self._opened()
         path = root.join(*files.snapshot_parts(snapshot_id))
 
         def read() -> Snapshot:
@@ -364,7 +345,7 @@ class FsJournal:
                             f"run {meta.run_id!r} already has a snapshot through seq "
                             f"{other.through_seq}"
                         )
-            root, _, _ = self._opened()
+            root, _ = self._opened()
             await self._io(self._indexed(files, partial(store_snapshot, root, files, snapshot)))
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
@@ -373,7 +354,7 @@ class FsJournal:
             doomed = [sid for sid in dict.fromkeys(snapshot_ids) if sid in files.snapshots]
             if not doomed:
                 return 0
-            root, _, _ = self._opened()
+            root, _ = self._opened()
             return await self._io(
                 self._indexed(files, partial(delete_snapshots, root, files, doomed))
             )
@@ -385,13 +366,13 @@ class FsJournal:
             if snapshot.meta.pinned == pinned:
                 return
             updated = Snapshot(replace(snapshot.meta, pinned=pinned), snapshot.payload)
-            root, _, _ = self._opened()
+            root, _ = self._opened()
             await self._io(partial(store_snapshot, root, files, updated))
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
         """From the index, in a worker thread: no run is read. Runs known damaged
         are left out (they are reported when used; sweeping them would only repeat it)."""
-        _, index, _ = self._opened()
+        _, index = self._opened()
         cached = self._runs.get
 
         def damaged(run_id: str) -> bool:
@@ -399,64 +380,3 @@ class FsJournal:
             return files is not None and files.events_damage is not None
 
         return await self._io(partial(index.due, cutoff.timestamp(), limit, damaged))
-
-    # audit log ------------------------------------------------------------
-
-    async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
-        _, _, log = self._opened()
-
-        def write() -> int:
-            cursor = log.tip[0] + 1
-            return log.append(
-                [records.dumps({"cursor": cursor, "at": now, "kind": kind, "fields": fields})]
-            )
-
-        async with self._audit_lock:
-            return await self._io(write)
-
-    async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
-        _, _, log = self._opened()
-        tip = log.tip
-
-        def read() -> list[AuditEntry]:
-            _, objects = log.read(cursor, limit, tip)
-            try:
-                return [
-                    AuditEntry(o["cursor"], records.parse_time(o["at"]), o["kind"], o["fields"])
-                    for o in objects
-                ]
-            except (KeyError, TypeError, ValueError):
-                raise Corrupt(f"{log.path}: not an audit entry after cursor {cursor}") from None
-
-        return await self._io(read)
-
-    # documents ------------------------------------------------------------
-
-    async def get_document(self, namespace: str, key: str) -> Document | None:
-        root, _, _ = self._opened()
-        parts = ("documents", entry_name(namespace), entry_name(key) + DOC_SUFFIX)
-        return await self._io(partial(read_document, root, parts))
-
-    async def put_document(
-        self, namespace: str, key: str, body: bytes, expected_version: int | None
-    ) -> int:
-        root, _, _ = self._opened()
-        parts = ("documents", entry_name(namespace), entry_name(key) + DOC_SUFFIX)
-
-        def write() -> int:
-            current = read_document(root, parts)
-            current_version = None if current is None else current.version
-            if current_version != expected_version:
-                raise Conflict(f"document {namespace}/{key} changed concurrently")
-            version = 1 if current_version is None else current_version + 1
-            header = orjson.dumps({"namespace": namespace, "key": key, "version": version})
-            write_document(root, parts, header + b"\n" + bytes(body))
-            return version
-
-        async with self._doc_lock:
-            return await self._io(write)
-
-
-def unavailable(exc: OSError) -> Unavailable:
-    where = f" ({exc.filename})" if exc.filename else ""
-    return Unavailable(f"fs journal: {exc.strerror or exc}{where}")
