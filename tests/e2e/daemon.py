@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -41,6 +42,8 @@ class DaemonProcess:
             self.config_path.write_text(config if config is not None else default_config(self.root))
         self.log_path = self.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        """Extra environment for the next spawn (fault-injection hooks, say)."""
 
     @property
     def pid(self) -> int:
@@ -57,6 +60,7 @@ class DaemonProcess:
                 cwd=self.root,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         return self.proc
 
