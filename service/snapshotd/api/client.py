@@ -1,15 +1,21 @@
 """Client library for the snapshotd socket: ``Client`` (blocking) and ``AsyncClient`` (anyio).
 
-Both keep one connection open and reuse it. ``call`` sends a request with an id
-and returns its ``result`` (raising ClientError for an error response); ``send``
-is fire-and-forget: requests are buffered and written in batches (pipelined), so
-an application can report thousands of snapshot hints per second cheaply.
+Both keep one connection open and reuse it. Every op has a typed method
+(``client.load(run, snapshot_id=...)``, see ``client_ops``); ``call(op, **fields)``
+is the untyped form. Both return the op's ``result``. Every failure is a
+``ClientError`` carrying a SPEC error code: the daemon's own error, or
+``unavailable`` when no daemon answers (no socket, connection lost, timeout; when
+the connection was lost after a request was written, ``details["outcome"]`` is
+``"unknown"``, as for the daemon's own interrupted appends). ``send`` is
+fire-and-forget: requests are buffered and written in batches (pipelined), so an
+application can report thousands of snapshot hints per second cheaply.
 Responses arrive in request order, so a call reads lines until its own id.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,16 +23,18 @@ import anyio
 from anyio.abc import SocketStream
 
 from snapshotd.api import codec
+from snapshotd.api.client_ops import OpMethods, Result
 
 SEND_BUFFER_BYTES = 64 * 1024
 _RECEIVE_BYTES = 256 * 1024
 
 
 class ClientError(Exception):
-    """The daemon answered with an error; ``code`` is the protocol error code.
+    """A request failed; ``code`` is the protocol error code of SPEC section 2.
 
-    ``details`` holds the error object's other fields (``last_seq`` of an append
-    conflict, ``outcome`` of an append whose commit was interrupted).
+    ``message`` says why; ``details`` holds the error object's other fields
+    (``last_seq`` of an append conflict, ``outcome`` of an append whose commit was
+    interrupted). No daemon to answer is ``unavailable``.
     """
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
@@ -54,6 +62,16 @@ class _Lines:
         return line
 
 
+def _unavailable(path: str, exc: BaseException, *, sent: bool) -> ClientError:
+    """No daemon answered at ``path``; ``sent``: a request may have reached it."""
+    what = "connection to snapshotd lost" if sent else "cannot reach snapshotd"
+    return ClientError(
+        "unavailable",
+        f"{what} at {path}: {type(exc).__name__}: {exc}",
+        {"outcome": "unknown"} if sent else None,
+    )
+
+
 def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
     """(done, result) for one response line while waiting for ``request_id``."""
     if response.get("id") == request_id:
@@ -67,13 +85,12 @@ def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
     raise ClientError(str(error.get("code", "internal")), str(error.get("message", "")), details)
 
 
-class Client:
+class Client(OpMethods[Result]):
     """Blocking client. Not thread-safe: use one per thread.
 
     ``path`` is the daemon's socket; ``timeout`` bounds each socket operation
-    (``socket.timeout`` is raised past it). A broken connection raises
-    ConnectionError; the next call reconnects (a call is never retried, since an
-    append might have been applied).
+    (``unavailable`` past it). After a broken connection the next call
+    reconnects (a call is never retried, since an append might have been applied).
     """
 
     def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
@@ -91,9 +108,9 @@ class Client:
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise _unavailable(self.path, exc, sent=False) from exc
             self._sock = sock
             self._lines = _Lines()
         return self._sock
@@ -109,9 +126,9 @@ class Client:
         sock = self._connect()
         try:
             sock.sendall(data)
-        except OSError:
+        except OSError as exc:
             self._broken()
-            raise
+            raise _unavailable(self.path, exc, sent=True) from exc
 
     def flush(self) -> None:
         """Write buffered fire-and-forget requests."""
@@ -141,12 +158,14 @@ class Client:
             if line is None:
                 try:
                     data = sock.recv(_RECEIVE_BYTES)
-                except OSError:
+                except OSError as exc:
                     self._broken()
-                    raise
+                    raise _unavailable(self.path, exc, sent=True) from exc
                 if not data:
                     self._broken()
-                    raise ConnectionError("snapshotd closed the connection")
+                    raise _unavailable(
+                        self.path, ConnectionError("closed by the daemon"), sent=True
+                    )
                 self._lines.feed(data)
                 continue
             try:
@@ -158,11 +177,15 @@ class Client:
             if done:
                 return result
 
+    def _op(self, op: str, fields: dict[str, Any]) -> Result:
+        result: Result = self.call(op, **fields)
+        return result
+
     def close(self) -> None:
         """Flush pending requests (best effort) and close the connection."""
         try:
             self.flush()
-        except OSError:
+        except ClientError:
             pass
         finally:
             self._broken()
@@ -179,7 +202,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(OpMethods[Awaitable[Result]]):
     """The anyio counterpart of ``Client`` (same semantics; one task at a time)."""
 
     def __init__(self, path: str) -> None:
@@ -192,7 +215,10 @@ class AsyncClient:
 
     async def _connect(self) -> SocketStream:
         if self._stream is None:
-            self._stream = await anyio.connect_unix(self.path)
+            try:
+                self._stream = await anyio.connect_unix(self.path)
+            except OSError as exc:
+                raise _unavailable(self.path, exc, sent=False) from exc
             self._lines = _Lines()
         return self._stream
 
@@ -210,7 +236,7 @@ class AsyncClient:
             await stream.send(data)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             await self._broken()
-            raise ConnectionError(f"snapshotd connection lost: {exc!r}") from exc
+            raise _unavailable(self.path, exc, sent=True) from exc
 
     async def flush(self) -> None:
         if self._pending:
@@ -238,12 +264,13 @@ class AsyncClient:
                 try:
                     data = await stream.receive(_RECEIVE_BYTES)
                 except (
+                    OSError,
                     anyio.EndOfStream,
                     anyio.BrokenResourceError,
                     anyio.ClosedResourceError,
                 ) as exc:
                     await self._broken()
-                    raise ConnectionError("snapshotd closed the connection") from exc
+                    raise _unavailable(self.path, exc, sent=True) from exc
                 self._lines.feed(data)
                 continue
             try:
@@ -255,10 +282,13 @@ class AsyncClient:
             if done:
                 return result
 
+    def _op(self, op: str, fields: dict[str, Any]) -> Awaitable[Result]:
+        return self.call(op, **fields)
+
     async def aclose(self) -> None:
         try:
             await self.flush()
-        except ConnectionError:
+        except ClientError:
             pass
         finally:
             await self._broken()

@@ -29,7 +29,15 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.domain.model import (
+    AuditEntry,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
 from snapshotd.journals import records
 from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
 from snapshotd.journals.fs.cache import Loaded, RunFiles
@@ -44,6 +52,7 @@ from snapshotd.journals.fs.codec import (
 )
 from snapshotd.journals.fs.files import atomic_write, fsync_dir
 from snapshotd.journals.fs.layout import check_format, remove_temp_files, scan_runs
+from snapshotd.journals.fs.listing import summary, workflow_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
@@ -207,6 +216,33 @@ class FsJournal:
         self._require_open()
         start = 0 if after is None else bisect.bisect_right(self._run_ids, after)
         return self._run_ids[start : start + max(limit, 0)]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        self._require_open()
+        page: list[RunSummary] = []
+        cursor = after
+        while len(page) < limit:
+            # Bisect again after every await: create_run may insert meanwhile.
+            index = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            if index >= len(self._run_ids):
+                break
+            cursor = run_id = self._run_ids[index]
+            if (
+                workflow is not None
+                and run_id not in self._runs
+                and await self._io(partial(workflow_of, self._root, run_id)) != workflow
+            ):
+                continue  # passed over without filling its cache
+            try:
+                files = await self._files(run_id)
+            except (NotFound, Corrupt):
+                continue
+            row = summary(files)
+            if row is not None and (workflow is None or row.workflow == workflow):
+                page.append(row)
+        return page
 
     # events ---------------------------------------------------------------
 
