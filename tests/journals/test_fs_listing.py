@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snapshotd.domain.errors import Corrupt
 from snapshotd.journals.fs import FsJournal, entry_name
@@ -62,3 +66,32 @@ async def test_damaged_runs_are_left_out(fs: FsJournal, root: Path) -> None:
     assert [s.run_id for s in await fs.run_summaries("r3", 10, "other")] == ["r5"]
     with pytest.raises(Corrupt):
         await fs.get_run("r1")
+
+
+run_ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=80).filter(
+    lambda text: len(text.encode()) <= 200
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(ids=st.sets(run_ids, min_size=1, max_size=12), size=st.integers(1, 5))
+def test_pages_concatenate_to_byte_order(ids: set[str], size: int) -> None:
+    """Hex and hashed directory names alike: pages follow the bytes of the ids."""
+
+    async def scenario(root: Path) -> list[str]:
+        journal = await opened(root)
+        for run_id in ids:
+            await journal.create_run(run_id, "wf", "v1", None, T0)
+        await journal.aclose()
+        journal = await opened(root)  # the order must survive a restart (a fresh scan)
+        seen: list[str] = []
+        after: str | None = None
+        while page := await journal.run_summaries(after, size, None):
+            seen += [s.run_id for s in page]
+            after = page[-1].run_id
+        await journal.aclose()
+        return seen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seen = anyio.run(scenario, Path(tmp) / "journal")
+    assert seen == sorted(ids, key=lambda run_id: run_id.encode())
