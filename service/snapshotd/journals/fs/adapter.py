@@ -25,7 +25,7 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.domain.model import Event, NewEvent, Run, RunSummary, Snapshot, SnapshotMeta
 from snapshotd.journals.base import UNSET, EventPage, _Unset
 from snapshotd.journals.fs.cache import RunCache, RunFiles
 from snapshotd.journals.fs.codec import (
@@ -38,6 +38,7 @@ from snapshotd.journals.fs.codec import (
 from snapshotd.journals.fs.files import Root
 from snapshotd.journals.fs.index import DueIndex
 from snapshotd.journals.fs.layout import open_root, scan_runs
+from snapshotd.journals.fs.listing import summary, workflow_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
@@ -238,6 +239,33 @@ class FsJournal(SharedFiles):
         self._opened()
         start = 0 if after is None else bisect.bisect_right(self._run_ids, after)
         return self._run_ids[start : start + max(limit, 0)]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        root, _ = self._opened()
+        page: list[RunSummary] = []
+        cursor = after
+        while len(page) < limit:
+            # Bisect again after every await: create_run may insert meanwhile.
+            index = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            if index >= len(self._run_ids):
+                break
+            cursor = run_id = self._run_ids[index]
+            if (
+                workflow is not None
+                and self._runs.get(run_id) is None
+                and await self._io(partial(workflow_of, root, run_id)) != workflow
+            ):
+                continue  # passed over without filling its cache
+            try:
+                files = await self._files(run_id)
+            except (NotFound, Corrupt):
+                continue
+            row = summary(files)
+            if row is not None and (workflow is None or row.workflow == workflow):
+                page.append(row)
+        return page
 
     # events ---------------------------------------------------------------
 

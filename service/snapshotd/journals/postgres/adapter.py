@@ -36,6 +36,7 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
 )
@@ -52,7 +53,7 @@ from snapshotd.journals.migrate import (
 from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
 from snapshotd.journals.postgres.listener import Listener
 from snapshotd.journals.postgres.queries import Queries
-from snapshotd.journals.postgres.rows import decode_events, meta
+from snapshotd.journals.postgres.rows import decode_events, meta, summary
 from snapshotd.journals.records import dumps
 
 if TYPE_CHECKING:
@@ -215,6 +216,19 @@ class PostgresJournal:
             rows = await self._p.fetch(self._q.list_runs, after, limit)
         return [row[0] for row in rows]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # run_id is COLLATE "C": '' sorts before every id, and the order is UTF-8's.
+        with self._errors("run_summaries"):
+            if workflow is None:
+                rows = await self._p.fetch(self._q.run_summaries, after or "", limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.workflow_run_summaries, after or "", limit, workflow
+                )
+        return [summary(row) for row in rows]
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -338,6 +352,7 @@ class PostgresJournal:
                         m.pinned,
                         created_at,
                         m.expires_at,
+                        m.label,
                         snapshot.payload,
                     )
                 except asyncpg.UniqueViolationError:
