@@ -53,6 +53,7 @@ def meta_from_json(obj: dict[str, Any]) -> SnapshotMeta:
         pinned=bool(obj["pinned"]),
         created_at=parse_time(obj["created_at"]),
         expires_at=None if expires is None else parse_time(expires),
+        label=obj.get("label"),
         base_id=obj.get("base_id"),
         stored_bytes=None if obj.get("stored_bytes") is None else int(obj["stored_bytes"]),
         retired=bool(obj.get("retired", False)),

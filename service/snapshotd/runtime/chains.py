@@ -195,13 +195,13 @@ class Chains:
 
     # --- `steps` sizes -------------------------------------------------------------
 
-    def known_too_large(self, run_id: str, reducer: str, max_bytes: int) -> bool:
-        """True when this run's state already outgrew ``max_bytes``, known without
-        reading anything: a `steps` state only grows, so once too large it stays so."""
+    def known_size(self, run_id: str, reducer: str) -> int | None:
+        """A lower bound of the run's state size known without reading anything:
+        a `steps` state only grows, so the last size seen here bounds it."""
         if reducer != "steps":
-            return False
+            return None
         known = self._grown.get((run_id, reducer))
-        return isinstance(known, tuple) and known[1] > max_bytes
+        return known[1] if isinstance(known, tuple) else None
 
     def grew(self, run_id: str, reducer: str, through_seq: int, size_bytes: int) -> None:
         """Remember the size of the run's state through ``through_seq``."""

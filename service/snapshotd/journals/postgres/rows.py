@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from snapshotd.domain.errors import Corrupt
-from snapshotd.domain.model import Event, SnapshotMeta
+from snapshotd.domain.model import Event, RunSummary, SnapshotMeta
 
 _DECODE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError)
 
@@ -31,6 +31,18 @@ def meta(row: asyncpg.Record) -> SnapshotMeta:
         base_id=row["base_id"],
         stored_bytes=row["stored_bytes"],
         retired=row["retired"],
+        label=row["label"],
+    )
+
+
+def summary(row: asyncpg.Record) -> RunSummary:
+    return RunSummary(
+        row["run_id"],
+        row["workflow"],
+        row["version"],
+        row["last_seq"],
+        row["snapshot_id"],
+        row["through_seq"],
     )
 
 
