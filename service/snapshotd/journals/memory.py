@@ -144,7 +144,9 @@ class MemoryJournal:
                 (
                     m
                     for m in newest_first(s.meta for s in state.snapshots.values())
-                    if m.version == run.version and m.through_seq <= run.last_seq
+                    if m.version == run.version
+                    and m.through_seq <= run.last_seq
+                    and not m.retired
                 ),
                 None,
             )

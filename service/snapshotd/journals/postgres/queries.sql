@@ -43,6 +43,7 @@ FROM {schema}.runs r
 LEFT JOIN LATERAL (
     SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
     WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+      AND NOT sn.retired
     ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
 ) newest ON true
 WHERE r.run_id > $1
@@ -55,6 +56,7 @@ FROM {schema}.runs r
 LEFT JOIN LATERAL (
     SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
     WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+      AND NOT sn.retired
     ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
 ) newest ON true
 WHERE r.workflow = $3 AND r.run_id > $1
