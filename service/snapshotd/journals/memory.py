@@ -144,9 +144,7 @@ class MemoryJournal:
                 (
                     m
                     for m in newest_first(s.meta for s in state.snapshots.values())
-                    if m.version == run.version
-                    and m.through_seq <= run.last_seq
-                    and not m.retired
+                    if m.version == run.version and m.through_seq <= run.last_seq and not m.retired
                 ),
                 None,
             )
