@@ -136,3 +136,38 @@ async def test_runtime_chains_on_the_journal_load_whole(journal: Journal) -> Non
     state = orjson.loads(orjson.dumps(loaded["snapshot"]["state"]))
     assert state == fold(steps, None, await journal.read_events("r", 0))
     assert (await fresh.verify("r")) == {"checked": 2, "corrupt": [], "drift": []}
+
+
+async def test_a_damaged_link_makes_every_snapshot_above_it_unusable(journal: Journal) -> None:
+    await journal.create_run("r", "wf", "v1", None, T0)
+    batch = [NewEvent("step", {"n": i}) for i in range(6)]
+    await journal.append("r", batch, expected_seq=0, lease=None, now=T0)
+    events = await journal.read_events("r", 0)
+    good = make_snapshot("r", events[:2])
+    stored = make_snapshot("r", events[:3])
+    damaged = Snapshot(stored.meta, stored.payload.replace(b'"n":1', b'"n":7'))
+    delta = chains.StepsCodec().delta(events[3:])
+    above = Snapshot(
+        replace(
+            make_snapshot("r", events).meta,
+            base_id=stored.meta.snapshot_id,
+            stored_bytes=len(delta),
+            checksum=chains.link_checksum(stored.meta.checksum, delta),
+        ),
+        delta,
+    )
+    for snapshot in (good, damaged, above):
+        await journal.write_snapshot(snapshot, lease=None)
+    inst = make_instance(journal, snapshot_threshold=100)
+    loaded = await inst.load("r", after_seq=None, limit=10)
+    assert loaded["snapshot"]["snapshot_id"] == good.meta.snapshot_id
+    assert len(loaded["events"]) == 4
+    verified = await inst.verify("r")
+    assert sorted(verified["corrupt"]) == sorted([damaged.meta.snapshot_id, above.meta.snapshot_id])
+    taken = await inst.snapshot_now("r", lease=None, force=True, kind="safety")
+    assert taken["status"] == "taken"
+    fresh = make_instance(journal, snapshot_threshold=100)
+    newest = (await journal.list_snapshots("r"))[0]
+    assert newest.snapshot_id == taken["snapshot_id"]
+    whole = await fresh.chains.read_whole("r", newest)
+    assert orjson.loads(whole.payload) == fold(steps, None, events)
