@@ -276,17 +276,16 @@ class Chains:
 
     async def retain(
         self, run_id: str, visible: Sequence[SnapshotMeta], doomed: Sequence[SnapshotMeta]
-    ) -> tuple[list[str], list[str]]:
-        """Split retention's ``doomed`` into (retired, deleted) ids and apply that.
+    ) -> None:
+        """Apply retention's ``doomed``: retire or delete each.
 
         A doomed snapshot a kept one needs as a link is retired, not deleted, and a
         retired link no kept snapshot needs any longer is deleted. Retiring comes
         first: a crash in between leaves only unneeded links, removed next time.
         """
         if self._links is None:
-            ids = [m.snapshot_id for m in doomed]
-            await self._journal.delete_snapshots(run_id, ids)
-            return [], ids
+            await self._journal.delete_snapshots(run_id, [m.snapshot_id for m in doomed])
+            return
         links = await self.links(run_id)
         doomed_ids = {m.snapshot_id for m in doomed}
         needed: set[str] = set()
@@ -304,4 +303,3 @@ class Chains:
             await self._links.retire_snapshots(run_id, sorted(retire))
         if delete:
             await self._journal.delete_snapshots(run_id, sorted(delete))
-        return sorted(retire), sorted(delete)
