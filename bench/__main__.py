@@ -51,8 +51,8 @@ QUICK = ours.Plan(
     flood_requests=200_000,
     flood_queue=100,
     flood_runs=50,
-    inc_starts=(1_000, 5_000),
-    inc_consecutive=20,
+    inc_starts=(1_000, 2_000),
+    inc_consecutive=10,
 )
 
 METHOD = """
