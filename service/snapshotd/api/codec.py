@@ -37,6 +37,8 @@ _ONE_KIND = bytes.maketrans(b"{}", b"[]")
 _RUNS = re.compile(rb"\[+|\]+")
 _OPEN = ord("[")
 _TOP_LEVEL_TOKENS = 20_000
+_QUOTE = ord('"')
+_HUGE_NUMBER = re.compile(rb"-?[0-9]{300,}[0-9.eE+-]*|-?[0-9][0-9.]*[eE][+-]?[0-9]{3,}")
 # Strings, runs of opening brackets, runs of closing brackets, anything else.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|[^"\[\]{}]+|"')
 
@@ -77,8 +79,8 @@ def parse(line: bytes) -> dict[str, Any]:
         # Up to its own limit (1024 levels) orjson reads any depth and the payload
         # walk below bounds it; a deeper line is told apart from plain bad JSON here.
         if len(line) >= _SHORTEST_TOO_DEEP and too_deep(line):
-            raise _too_deep_error(line) from None
-        raise FrameError(f"not valid JSON: {exc}") from None
+            raise _unreadable(line, f"request nested deeper than {MAX_DEPTH} levels") from None
+        raise _unreadable(line, f"not valid JSON: {exc}") from None
     if type(obj) is not dict:
         raise FrameError("a request must be a JSON object")
     request_id = obj.get("id")
@@ -136,9 +138,13 @@ def too_deep(line: bytes) -> bool:
     return False
 
 
-def _too_deep_error(line: bytes) -> FrameError:
-    """The error for a line too deep to parse, with its id when the top level can be read."""
-    message = f"request nested deeper than {MAX_DEPTH} levels"
+def _unreadable(line: bytes, message: str) -> FrameError:
+    """The error for a line orjson cannot read, with the request's id when it can be found.
+
+    Grammatical JSON that orjson refuses (nesting past 1024 levels, numbers past
+    a double's range) still names its id: its top level is read with nested values
+    and huge numbers cut out. Only a line that is no object at all gets a null id.
+    """
     top = _top_level(line)
     try:
         obj = None if top is None else orjson.loads(top)
@@ -159,7 +165,8 @@ def _too_deep_error(line: bytes) -> FrameError:
 
 
 def _top_level(line: bytes) -> bytes | None:
-    """``line`` with every value nested in the top-level object replaced by ``0``.
+    """``line`` with every value nested in the top-level object, and every number too
+    long for a double at its top level, replaced by ``0``.
 
     A token scan in which a run of brackets is one token, so its cost follows the
     line's tokens, not its depth, and is bounded (``_TOP_LEVEL_TOKENS``, ~10 ms).
@@ -190,7 +197,7 @@ def _top_level(line: bytes) -> bytes | None:
             if depth == 0:
                 out.append(b"}")
         elif depth <= 1:
-            out.append(token)
+            out.append(_HUGE_NUMBER.sub(b"0", token) if first != _QUOTE else token)
     return b"".join(out)
 
 
