@@ -23,6 +23,7 @@ DEFAULT_INSTANCE = "default"
 DEFAULT_JOURNAL = "fs:./data"
 DEFAULT_SOCKET_PATH = "./snapshotd.sock"
 DEFAULT_QUEUE_CAPACITY = 10_000
+DEFAULT_AUDIT_RETENTION_S = 2_592_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,10 @@ class InstanceConfig:
     journal: str
     policy: Policy
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
+    audit_retention_s: float = DEFAULT_AUDIT_RETENTION_S
+    """0 keeps audit entries forever."""
+    listen_dsn: str | None = None
+    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,12 @@ def _journal(value: Any) -> str:
     raise _Invalid("must be 'memory:', 'fs:PATH' or 'postgresql://...'")
 
 
+def _listen_dsn(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise _Invalid("must be a postgresql:// DSN")
+    return value
+
+
 def _mode(value: Any) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
         raise _Invalid('must be an octal permission string like "0600"')
@@ -191,6 +202,8 @@ _INSTANCE_KEYS: dict[str, _Key] = {
     **_POLICY_KEYS,
     "journal": _Key(_journal, _env_str),
     "queue_capacity": _QUEUE_CAPACITY,
+    "audit_retention_s": _Key(_interval, _env_number),
+    "listen_dsn": _Key(_listen_dsn, _env_str),
 }
 _WORKFLOW_KEYS: dict[str, _Key] = {**_POLICY_KEYS, "queue_capacity": _QUEUE_CAPACITY}
 _SOCKET_KEYS: dict[str, _Key] = {
@@ -332,6 +345,8 @@ def _build(
             journal=journal,
             policy=Policy().with_overrides(overrides),
             queue_capacity=values.get("queue_capacity", DEFAULT_QUEUE_CAPACITY),
+            audit_retention_s=values.get("audit_retention_s", DEFAULT_AUDIT_RETENTION_S),
+            listen_dsn=values.get("listen_dsn"),
         )
     workflows: dict[str, WorkflowConfig] = {}
     for name in tables["workflows"]:
