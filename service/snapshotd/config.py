@@ -273,7 +273,7 @@ def _check(keys: Mapping[str, _Key], where: str, key: str, value: Any, source: s
         raise ConfigError(f"{where}.{key}{source}: {exc}") from None
 
 
-NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS"})
+NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS", "SNAPSHOTD_DSN"})
 """``SNAPSHOTD_*`` variables that are not configuration keys (see docs/operations.md)."""
 
 

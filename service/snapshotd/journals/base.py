@@ -21,6 +21,7 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
 )
@@ -105,6 +106,18 @@ class Journal(Protocol):
 
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
         """Run ids in ascending order after ``after``, for sweeps and tools."""
+        ...
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        """At most ``limit`` runs with ids after ``after`` (of ``workflow`` only, when
+        given), ascending in the byte order of their UTF-8 ids, each with its newest
+        snapshot of the run's version at or below its ``last_seq`` (``list_runs``).
+
+        Costs in proportion to ``limit`` (plus, for an fs journal with ``workflow``,
+        the runs of other workflows passed over), not to all runs.
+        """
         ...
 
     # events ---------------------------------------------------------------

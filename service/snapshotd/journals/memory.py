@@ -19,6 +19,7 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
     utcnow,
@@ -120,6 +121,38 @@ class MemoryJournal:
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
         ids = sorted(r for r in self._runs if after is None or r > after)
         return ids[:limit]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # str order is code point order, which is the byte order of UTF-8.
+        summaries: list[RunSummary] = []
+        for run_id in sorted(r for r in self._runs if after is None or r > after):
+            if len(summaries) >= limit:
+                break
+            state = self._runs[run_id]
+            run = state.run
+            if workflow is not None and run.workflow != workflow:
+                continue
+            newest = next(
+                (
+                    m
+                    for m in newest_first(s.meta for s in state.snapshots.values())
+                    if m.version == run.version and m.through_seq <= run.last_seq
+                ),
+                None,
+            )
+            summaries.append(
+                RunSummary(
+                    run_id,
+                    run.workflow,
+                    run.version,
+                    run.last_seq,
+                    None if newest is None else newest.snapshot_id,
+                    None if newest is None else newest.through_seq,
+                )
+            )
+        return summaries
 
     async def append(
         self,

@@ -72,7 +72,7 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
-                    await journal.watch_appends(instance.trigger, instance.request_sweep)
+                    await journal.watch_appends(instance.trigger, instance.journal_reconnected)
 
                 tg.start_soon(supervise, instance, "watcher", watch)
 

@@ -85,6 +85,9 @@ class Outcome:
     through_seq: int | None = None
     error: BaseException | None = None
     seen: Seen | None = None
+    details: dict[str, int] | None = None
+    """What the skip reason needs to be acted on (``too_large``: ``size_bytes`` and
+    ``max_snapshot_bytes``), for the audit entry, the log line and the span."""
 
     @property
     def taken(self) -> bool:
@@ -110,9 +113,19 @@ class _Progress:
     through_seq: int | None = None
     seen: Seen | None = None
 
-    def outcome(self, reason: SkipReason, error: BaseException | None = None) -> Outcome:
+    def outcome(
+        self,
+        reason: SkipReason,
+        error: BaseException | None = None,
+        details: dict[str, int] | None = None,
+    ) -> Outcome:
         return Outcome(
-            reason, lag=self.lag, through_seq=self.through_seq, error=error, seen=self.seen
+            reason,
+            lag=self.lag,
+            through_seq=self.through_seq,
+            error=error,
+            seen=self.seen,
+            details=details,
         )
 
 
@@ -123,15 +136,17 @@ async def attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None = None,
 ) -> Outcome:
     """Try to snapshot ``run_id``; never raises except on cancellation.
 
     ``lease``: the requester's lease (None: not checked). ``kind="safety"`` implies
-    ``force`` and records a snapshot even when no event follows the base.
+    ``force`` and records a snapshot even when no event follows the base. ``label``
+    is kept with the snapshot taken.
     """
     progress = _Progress()
     try:
-        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, progress)
+        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, label, progress)
     except Corrupt as exc:
         await ctx.reporter.report_run(run_id, exc)
         return _failed("journal_error", exc, progress)
@@ -161,6 +176,7 @@ async def _attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None,
     progress: _Progress,
 ) -> Outcome:
     journal = ctx.journal
@@ -206,11 +222,13 @@ async def _attempt(
         kind=kind,
         now=now,
         safety_ttl_s=policy.safety_ttl_s,
+        label=label,
     )
     meta = compacted.snapshot.meta
     progress.through_seq = meta.through_seq
     if not fits(policy, meta.size_bytes):
-        return progress.outcome("too_large")
+        sizes = {"size_bytes": meta.size_bytes, "max_snapshot_bytes": policy.max_snapshot_bytes}
+        return progress.outcome("too_large", details=sizes)
     if kind != "safety":
         await _clear_corrupt_blockers(ctx, listed, meta)
     await journal.write_snapshot(compacted.snapshot, lease=lease)

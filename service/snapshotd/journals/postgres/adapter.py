@@ -32,6 +32,7 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
 )
@@ -45,7 +46,7 @@ from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
 from snapshotd.journals.postgres.listener import Listener
 from snapshotd.journals.postgres.pool import PoolKeeper
 from snapshotd.journals.postgres.queries import Queries
-from snapshotd.journals.postgres.rows import checked_bodies, decode_events, meta
+from snapshotd.journals.postgres.rows import checked_bodies, decode_events, meta, summary
 from snapshotd.journals.postgres.snapshots import write_locked
 from snapshotd.journals.records import dumps
 
@@ -190,6 +191,19 @@ class PostgresJournal:
         with self._errors("list_runs"):
             rows = await self._p.fetch(self._q.list_runs, after, limit)
         return [row[0] for row in rows]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # run_id is COLLATE "C": '' sorts before every id, and the order is UTF-8's.
+        with self._errors("run_summaries"):
+            if workflow is None:
+                rows = await self._p.fetch(self._q.run_summaries, after or "", limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.workflow_run_summaries, after or "", limit, workflow
+                )
+        return [summary(row) for row in rows]
 
     # events ---------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class Queries:
     set_version: str
     set_lease: str
     list_runs: str
+    run_summaries: str
+    workflow_run_summaries: str
     append: str
     event_bodies: str
     list_snapshots: str

@@ -36,6 +36,30 @@ WHERE run_id = $1 AND ($3 OR lease IS NOT DISTINCT FROM $4) RETURNING true
 -- name: list_runs
 SELECT run_id FROM {schema}.runs WHERE run_id > coalesce($1, '') ORDER BY run_id LIMIT $2
 
+-- name: run_summaries
+-- One list_runs page: run_id is COLLATE "C" (byte order), served by the primary key.
+SELECT r.run_id, r.workflow, r.version, r.last_seq, newest.snapshot_id, newest.through_seq
+FROM {schema}.runs r
+LEFT JOIN LATERAL (
+    SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
+    WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+    ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
+) newest ON true
+WHERE r.run_id > $1
+ORDER BY r.run_id LIMIT $2
+
+-- name: workflow_run_summaries
+-- The same page of one workflow, served by runs_workflow_run_id.
+SELECT r.run_id, r.workflow, r.version, r.last_seq, newest.snapshot_id, newest.through_seq
+FROM {schema}.runs r
+LEFT JOIN LATERAL (
+    SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
+    WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+    ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
+) newest ON true
+WHERE r.workflow = $3 AND r.run_id > $1
+ORDER BY r.run_id LIMIT $2
+
 -- name: append
 SELECT {schema}.append_encoded_events($1, $2, $3, $4, $5, $6)
 
@@ -45,13 +69,13 @@ SELECT body, body_md5 FROM {schema}.events WHERE run_id = $1 AND seq > $2 ORDER 
 
 -- name: list_snapshots
 SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
-       checksum, kind, pinned, created_at, expires_at
+       checksum, kind, pinned, created_at, expires_at, label
 FROM {schema}.snapshots WHERE run_id = $1
 ORDER BY through_seq DESC, created_at DESC, snapshot_id DESC
 
 -- name: read_snapshot
 SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
-       checksum, kind, pinned, created_at, expires_at, payload
+       checksum, kind, pinned, created_at, expires_at, label, payload
 FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = $2
 
 -- name: try_run_lock
@@ -67,8 +91,8 @@ ORDER BY through_seq DESC LIMIT 1
 
 -- name: insert_snapshot
 INSERT INTO {schema}.snapshots (snapshot_id, run_id, through_seq, version, reducer,
-    format_version, size_bytes, checksum, kind, pinned, created_at, expires_at, payload)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    format_version, size_bytes, checksum, kind, pinned, created_at, expires_at, label, payload)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 
 -- name: delete_snapshots
 DELETE FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])

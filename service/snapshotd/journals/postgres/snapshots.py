@@ -62,6 +62,7 @@ async def write_locked(
             m.pinned,
             created_at,
             m.expires_at,
+            m.label,
             snapshot.payload,
         )
     except asyncpg.UniqueViolationError:
