@@ -261,6 +261,48 @@ class SchedulesSweeps(Protocol):
 
 
 @runtime_checkable
+class KeepsConnected(Protocol):
+    """A journal behind a network connection (PostgreSQL): it opens even while its
+    database is down and reconnects by itself; ``up`` says whether it answers."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def keep_connected(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Reconnect (with jittered backoff) and probe until cancelled; never raises
+        except on cancellation."""
+        ...
+
+
+@runtime_checkable
+class QueuesAudit(Protocol):
+    """A journal whose audit writes are batched (PostgreSQL): entries are queued
+    without waiting and written within ~1 s; a crash may lose the last batch."""
+
+    def queue_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> None:
+        """Queue an entry for the next batch; never blocks, never raises."""
+        ...
+
+    async def write_queued_audit(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Write queued entries about every second until cancelled, then the rest
+        (bounded). Failed batches are kept and retried; never raises except on
+        cancellation."""
+        ...
+
+
+@runtime_checkable
+class RetainsAudit(Protocol):
+    """A journal that deletes expired audit entries (``audit_retention_s``)."""
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest entries older than ``cutoff``; returns
+        how many went (0 also when another daemon is pruning: one at a time)."""
+        ...
+
+
+@runtime_checkable
 class WatchesAppends(Protocol):
     """A journal whose appends can come from outside the daemon (PostgreSQL NOTIFY).
 

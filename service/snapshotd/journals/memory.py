@@ -6,6 +6,7 @@ ordering) so the contract suite and the runtime tests can run without storage.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -74,6 +75,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self._runs: dict[str, _RunState] = {}
         self._audit: list[AuditEntry] = []
+        self._audit_cursor = 0
         self._documents: dict[tuple[str, str], Document] = {}
 
     @property
@@ -319,12 +321,21 @@ class MemoryJournal:
         return due
 
     async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
-        cursor = len(self._audit) + 1
+        self._audit_cursor += 1
+        cursor = self._audit_cursor
         self._audit.append(AuditEntry(cursor, now, kind, dict(fields)))
         return cursor
 
     async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
-        return self._audit[max(cursor, 0) : max(cursor, 0) + limit]
+        start = bisect_right(self._audit, cursor, key=lambda entry: entry.cursor)
+        return self._audit[start : start + limit]
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        doomed = 0
+        while doomed < min(limit, len(self._audit)) and self._audit[doomed].at < cutoff:
+            doomed += 1
+        del self._audit[:doomed]
+        return doomed
 
     async def get_document(self, namespace: str, key: str) -> Document | None:
         return self._documents.get((namespace, key))

@@ -22,7 +22,7 @@ from snapshotd.domain.errors import Corrupt, SnapshotCorrupt, SnapshotdError
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
-from snapshotd.journals.base import Journal
+from snapshotd.journals.base import Journal, KeepsConnected, QueuesAudit
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.chains import Chains
@@ -163,7 +163,7 @@ class Instance:
         self.in_flight: Job | None = None
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
-        self.health.watch_up(lambda: self.journal_answers)
+        self.health.watch_up(lambda: self.journal_up)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )
@@ -399,7 +399,14 @@ class Instance:
         }
 
     async def record_audit(self, kind: str, **fields: Any) -> None:
-        """Append to the audit log, best effort: a journal failure is logged, never raised."""
+        """Append to the audit log, best effort: a journal failure is logged, never raised.
+
+        A journal that batches audit writes gets the entry queued (written within
+        ~1 s by its writer task), so an attempt never waits for the audit log.
+        """
+        if isinstance(self.journal, QueuesAudit):
+            self.journal.queue_audit(kind, fields, utcnow())
+            return
         try:
             await self.journal.append_audit(kind, fields, utcnow())
         except (SnapshotdError, OSError, TypeError) as exc:
@@ -429,4 +436,13 @@ class Instance:
             "dropped": self.dropped,
             "coalesced": self.coalesced,
             "restarts": self.restarts,
+            "journal_up": self.journal_up,
         }
+
+    @property
+    def journal_up(self) -> bool:
+        """The journal's own probe when it has one, else whether it answered the last
+        snapshot attempt."""
+        if isinstance(self.journal, KeepsConnected):
+            return self.journal.up
+        return self.journal_answers

@@ -60,6 +60,9 @@ class Queries:
     record_failure: str
     lock: str
     append_audit: str
+    queue_audit_batch: str
+    sequence_audit: str
+    prune_audit: str
     read_audit: str
     get_document: str
     insert_document: str

@@ -170,6 +170,16 @@ SELECT pg_advisory_xact_lock(hashtextextended($1, 0))
 -- name: append_audit
 INSERT INTO {schema}.audit (at, kind, fields) VALUES ($1, $2, $3::jsonb) RETURNING cursor
 
+-- name: queue_audit_batch
+INSERT INTO {schema}.audit_pending (at, kind, fields)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[]::jsonb[])
+
+-- name: sequence_audit
+SELECT {schema}.sequence_audit($1)
+
+-- name: prune_audit
+SELECT {schema}.prune_audit($1, $2)
+
 -- name: read_audit
 SELECT cursor, at, kind, fields::text FROM {schema}.audit WHERE cursor > $1
 ORDER BY cursor LIMIT $2
