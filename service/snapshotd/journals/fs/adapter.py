@@ -373,10 +373,6 @@ class FsJournal(SharedFiles):
         """From the index, in a worker thread: no run is read. Runs known damaged
         are left out (they are reported when used; sweeping them would only repeat it)."""
         _, index = self._opened()
-        cached = self._runs.get
-
-        def damaged(run_id: str) -> bool:
-            files = cached(run_id)
-            return files is not None and files.events_damage is not None
-
-        return await self._io(partial(index.due, cutoff.timestamp(), limit, damaged))
+        due = await self._io(partial(index.due, cutoff.timestamp(), limit))
+        peek = self._runs.peek
+        return [r for r in due if (files := peek(r)) is None or files.events_damage is None]

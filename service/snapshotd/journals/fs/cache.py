@@ -112,6 +112,10 @@ class RunCache:
             self._runs.move_to_end(run_id)
         return files
 
+    def peek(self, run_id: str) -> RunFiles | None:
+        """The cached run without marking it used."""
+        return self._runs.get(run_id)
+
     def add(self, run_id: str, files: RunFiles) -> RunFiles:
         """Keep ``files`` unless the run is already cached; returns the cached one."""
         kept = self._runs.setdefault(run_id, files)

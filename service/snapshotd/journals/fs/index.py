@@ -115,9 +115,8 @@ class DueIndex:
     def waiting(self, run_id: str) -> bool:
         return run_id in self._since
 
-    def due(self, cutoff: float, limit: int, skip: Callable[[str], bool]) -> list[str]:
-        """Up to ``limit`` runs waiting since before ``cutoff``, longest waiting first,
-        leaving out those ``skip`` names."""
+    def due(self, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` runs waiting since before ``cutoff``, longest waiting first."""
         with self._lock:
             waiting = [(when, run_id) for run_id, when in self._since.items() if when < cutoff]
-        return [run_id for _, run_id in heapq.nsmallest(limit, waiting) if not skip(run_id)]
+        return [run_id for _, run_id in heapq.nsmallest(limit, waiting)]
