@@ -66,6 +66,24 @@ def test_no_endpoint_means_no_exporter() -> None:
             "http://collector:4317/v1/metrics",
             "http://collector:4317",
         ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+                "OTEL_TRACES_EXPORTER": "none",
+            },
+            "http://collector:4318/v1/metrics",
+            None,
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://metrics:9000/custom",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+                "OTEL_METRICS_EXPORTER": " None ",
+                "OTEL_TRACES_EXPORTER": "otlp",
+            },
+            None,
+            "http://collector:4318/v1/traces",
+        ),
     ],
 )
 def test_endpoints(
@@ -93,6 +111,8 @@ def test_interval_and_timeout_from_env() -> None:
         ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "OTEL_METRIC_EXPORT_INTERVAL"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, "OTEL_METRIC_EXPORT_INTERVAL"),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_METRICS_EXPORTER": "prometheus"}, "OTEL_METRICS_EXPORTER"),
     ],
 )
 def test_malformed_variables_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -106,6 +126,11 @@ def test_malformed_variables_name_the_variable(env: dict[str, str], variable: st
         {},
         {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
         {"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
+        {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+        },
     ],
 )
 def test_setup_installs_nothing_without_endpoint_or_when_disabled(

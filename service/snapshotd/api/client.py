@@ -10,6 +10,9 @@ Responses arrive in request order, so a call reads lines until its own id.
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -34,6 +37,64 @@ class ClientError(Exception):
         self.code = code
         self.message = message
         self.details = details or {}
+
+
+@dataclass
+class _AppendRetry:
+    """What each failed attempt of an append retried with ``expected_seq`` means.
+
+    ``unavailable`` and a broken connection are retried (with a doubling delay);
+    once an attempt may have been written (``outcome: unknown``, or the connection
+    broke before the answer), a ``conflict`` whose ``last_seq`` is ``expected_seq``
+    plus the batch size means that attempt was written: it counts as success.
+    """
+
+    expected_seq: int
+    batch: int
+    attempts: int
+    delay_s: float
+    tried: int = 0
+    uncertain: bool = False
+
+    def settle(self, error: Exception) -> int | None:
+        """The last seq when ``error`` shows an earlier attempt was written, None to
+        try again after ``delay()``; raises ``error`` when retrying cannot help."""
+        self.tried += 1
+        if isinstance(error, ClientError):
+            written = self.expected_seq + self.batch
+            if (
+                error.code == "conflict"
+                and self.uncertain
+                and error.details.get("last_seq") == written
+            ):
+                return written
+            if error.code != "unavailable":
+                raise error
+            if error.details.get("outcome") == "unknown":
+                self.uncertain = True
+        else:
+            self.uncertain = True
+        if self.tried >= self.attempts:
+            raise error
+        return None
+
+    def delay(self) -> float:
+        return float(self.delay_s * 2.0 ** (self.tried - 1))
+
+
+def _append_fields(
+    run: str,
+    events: Sequence[dict[str, Any]],
+    expected_seq: int,
+    lease: str | None,
+    instance: str | None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {"run": run, "events": list(events), "expected_seq": expected_seq}
+    if lease is not None:
+        fields["lease"] = lease
+    if instance is not None:
+        fields["instance"] = instance
+    return fields
 
 
 class _Lines:
@@ -158,6 +219,37 @@ class Client:
             if done:
                 return result
 
+    def append_retrying(
+        self,
+        run: str,
+        events: Sequence[dict[str, Any]],
+        *,
+        expected_seq: int,
+        lease: str | None = None,
+        instance: str | None = None,
+        attempts: int = 5,
+        delay_s: float = 0.2,
+    ) -> int:
+        """Append ``events`` once, retrying through outages; returns the new last seq.
+
+        Safe to retry because of ``expected_seq`` (the last seq the caller saw): an
+        attempt answered ``unavailable`` with ``outcome: unknown`` (or cut off by a
+        broken connection) may have been written, and a later ``conflict`` whose
+        ``last_seq`` is ``expected_seq + len(events)`` then means it was. Raises
+        ClientError otherwise (``conflict``: another writer appended first), or
+        the last error after ``attempts`` tries. Blocks while it waits between tries.
+        """
+        fields = _append_fields(run, events, expected_seq, lease, instance)
+        retry = _AppendRetry(expected_seq, len(events), attempts, delay_s)
+        while True:
+            try:
+                return int(self.call("append", **fields)["last_seq"])
+            except (ClientError, OSError) as exc:
+                written = retry.settle(exc)
+                if written is not None:
+                    return written
+            time.sleep(retry.delay())
+
     def close(self) -> None:
         """Flush pending requests (best effort) and close the connection."""
         try:
@@ -254,6 +346,29 @@ class AsyncClient:
                 raise
             if done:
                 return result
+
+    async def append_retrying(
+        self,
+        run: str,
+        events: Sequence[dict[str, Any]],
+        *,
+        expected_seq: int,
+        lease: str | None = None,
+        instance: str | None = None,
+        attempts: int = 5,
+        delay_s: float = 0.2,
+    ) -> int:
+        """``Client.append_retrying`` for anyio."""
+        fields = _append_fields(run, events, expected_seq, lease, instance)
+        retry = _AppendRetry(expected_seq, len(events), attempts, delay_s)
+        while True:
+            try:
+                return int((await self.call("append", **fields))["last_seq"])
+            except (ClientError, OSError) as exc:
+                written = retry.settle(exc)
+                if written is not None:
+                    return written
+            await anyio.sleep(retry.delay())
 
     async def aclose(self) -> None:
         try:

@@ -30,7 +30,9 @@ _services: weakref.WeakKeyDictionary[Instance, SavepointService] = weakref.WeakK
 def service_for(instance: Instance) -> SavepointService:
     service = _services.get(instance)
     if service is None:
-        service = _services[instance] = SavepointService(instance.journal, instance.policy_for)
+        service = _services[instance] = SavepointService(
+            instance.journal, instance.policy_for, instance.health.corruption_found
+        )
     return service
 
 

@@ -22,6 +22,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+NEVER_SEQ = 2**63 - 1
+"""``DuePoint.due_seq`` of a run never due by count (threshold ``"infinity"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DuePoint:
+    """When a run is next due, as a daemon recorded it in the journal (sweeps, NOTIFY).
+
+    ``snap_seq`` is the ``through_seq`` of the base it was computed from (0: none);
+    the run is due by count once ``last_seq >= due_seq``, and by time from
+    ``due_at`` on (None: no interval) once an event follows ``snap_seq``.
+    """
+
+    snap_seq: int
+    due_seq: int
+    due_at: datetime | None
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
@@ -30,6 +48,8 @@ class Run:
     lease: str | None
     last_seq: int
     created_at: datetime
+    due: DuePoint | None = None
+    """The recorded due point (None: no daemon has recorded one, or the journal keeps none)."""
 
 
 @dataclass(frozen=True, slots=True)

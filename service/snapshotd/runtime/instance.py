@@ -25,6 +25,7 @@ from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer, fold
 from snapshotd.journals.base import Journal
+from snapshotd.runtime import schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
@@ -35,6 +36,7 @@ from snapshotd.runtime.recovery import (
     report_damaged,
     state_fragment,
 )
+from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
 
 _log = structlog.get_logger("snapshotd.instance")
@@ -149,7 +151,13 @@ class Instance:
         self._upgrades = dict(upgrades)
         self.mailbox = Mailbox(config.queue_capacity)
         self.locks = RunLocks()
-        self.reporter = CorruptionReporter(config.name, self.record_audit)
+        self.health = JournalHealth(config.name)
+        self.reporter = CorruptionReporter(
+            config.name, self.record_audit, self.health.corruption_found
+        )
+        # Whether the journal answered the last snapshot attempt: the cheap signal
+        # behind ``snapshotd.journal.up`` (a journal with its own probe replaces it).
+        self.journal_answers = True
         self.taken = 0
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.dropped = 0
@@ -158,6 +166,7 @@ class Instance:
         self.in_flight: Job | None = None
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
+        self.health.watch_up(lambda: self.journal_answers)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )
@@ -253,6 +262,7 @@ class Instance:
         started = time.perf_counter()
         with self.telemetry.snapshot_span(run_id) as span:
             outcome = await attempt(self, run_id, lease=lease, force=force, kind=kind)
+            await schedule.record(self.journal, outcome, utcnow())
             await self._record(span, run_id, kind, outcome, time.perf_counter() - started, counted)
         return outcome
 
@@ -267,6 +277,9 @@ class Instance:
     ) -> None:
         if outcome.lag is not None:
             self.telemetry.lag(outcome.lag)
+        self.journal_answers = outcome.reason != "journal_error" or isinstance(
+            outcome.error, Corrupt
+        )
         if outcome.meta is not None:
             self.taken += 1
             meta = outcome.meta

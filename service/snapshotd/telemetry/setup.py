@@ -85,7 +85,20 @@ def _protocol(env: Mapping[str, str], signal: Signal) -> Protocol:
     return DEFAULT_PROTOCOL
 
 
+def _exported(env: Mapping[str, str], signal: Signal) -> bool:
+    """``OTEL_{TRACES,METRICS}_EXPORTER``: ``otlp`` (the default) or ``none`` (off)."""
+    name = f"OTEL_{signal.upper()}_EXPORTER"
+    value = env.get(name, "").strip().lower()
+    if value in ("", "otlp"):
+        return True
+    if value == "none":
+        return False
+    raise ConfigError(f"{name}: must be otlp or none, got {value!r}")
+
+
 def _endpoint(env: Mapping[str, str], signal: Signal, protocol: Protocol) -> str | None:
+    if not _exported(env, signal):
+        return None
     specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
     if specific:
         return specific
@@ -113,7 +126,10 @@ def _interval_ms(env: Mapping[str, str]) -> int:
 
 
 def settings_from_env(env: Mapping[str, str]) -> OtlpSettings:
-    """Read the exporter settings; raises ConfigError naming a malformed variable."""
+    """Read the exporter settings; raises ConfigError naming a malformed variable.
+
+    A signal whose ``OTEL_<SIGNAL>_EXPORTER`` is ``none`` gets no endpoint.
+    """
     metrics_protocol = _protocol(env, "metrics")
     traces_protocol = _protocol(env, "traces")
     timeout_vars = (
