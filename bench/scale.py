@@ -58,7 +58,7 @@ def build_runs(data_dir: Path, runs: int) -> None:
             for seq in range(1, EVENTS_PER_RUN + 1)
         ]
         (directory / "events.jsonl").write_bytes(frame(lines, 1))
-        index.append(orjson.dumps([run_id, since]) + b"\n")
+        index.append(orjson.dumps([run_id, since, since]) + b"\n")
     (data_dir / "due.jsonl").write_bytes(b"".join(index))
 
 
