@@ -653,7 +653,12 @@ def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
         time.sleep(rng.uniform(0.0, 0.25))
     finally:
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+        # Read through the buffered reader: readline() may already hold later lines,
+        # which communicate() (reading the raw pipe) would lose.
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        proc.stderr.read()
+        proc.wait(10)
     text = (first + out).decode()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     return complete.splitlines()

@@ -16,8 +16,9 @@ none) in ``due.jsonl``; the last line of a run wins. A run only ever becomes due
 *before* the append's events, so after any crash the index names every run that
 has something to snapshot. Other lines (a snapshot was taken) are not fsynced:
 losing one only makes the index name a run with nothing to do, which the adapter
-corrects when it next loads the run. The file is rewritten (atomically) at open
-and whenever it holds more than twice as many lines as runs. A missing or damaged
+corrects when it next loads the run. The file is rewritten (atomically) when it
+holds more than twice as many lines as runs, and at open when it holds stale
+lines or a torn last one. A missing or damaged
 index is rebuilt from the runs themselves at open (slow: it reads every run).
 """
 
@@ -90,7 +91,16 @@ class DueIndex:
             for run_id, times in rebuild():
                 self._store(run_id, times)
         with self._lock:
-            self._rewrite()
+            live = sum(
+                1
+                for since, ready in zip(self._since, self._ready, strict=True)
+                if not (math.isnan(since) and math.isnan(ready))
+            )
+            torn = not raw.endswith(b"\n") and bool(raw)
+            if rebuilt or torn or len(lines) > live + _SLACK:
+                self._rewrite()
+            else:
+                self._lines, self._size = len(lines), len(raw)
         return rebuilt
 
     def _store(self, run_id: str, times: Times) -> None:
