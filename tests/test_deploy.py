@@ -429,6 +429,14 @@ def test_dashboard_panels_query_known_metrics_with_the_instance_label() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+    cells = [
+        (x, y)
+        for panel in dashboard["panels"]
+        for x in range(panel["gridPos"]["x"], panel["gridPos"]["x"] + panel["gridPos"]["w"])
+        for y in range(panel["gridPos"]["y"], panel["gridPos"]["y"] + panel["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
+    assert all(x < 24 for x, _ in cells)
     known = {prometheus_name(n, k, u) for n, (k, u, _) in ALL_SPEC_METRICS.items()}
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "job", "instance", "snapshotd_instance"} <= variables
