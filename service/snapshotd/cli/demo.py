@@ -254,7 +254,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         with Client(path, timeout=2) as probe:
             probe.call("ping")
-    except (OSError, ClientError):
+    except ClientError:
         return _demo_embedded(args)
     print(f"using the daemon at {path}", file=sys.stderr)
 

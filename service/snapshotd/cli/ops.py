@@ -1,4 +1,4 @@
-"""The socket ops for people: ``status``, ``snapshot``, ``load``, ``verify``, ``audit``...
+"""The socket ops for people: ``status``, ``snapshot``, ``load``, ``runs``, ``audit``...
 
 Each prints short readable text, or the result JSON with ``--json``.
 """
@@ -54,16 +54,34 @@ def add_commands(
         help="manual (default; kept by retention like auto ones) or safety (kept until "
         "safety_ttl_s, taken even with no event after the latest snapshot)",
     )
+    p.add_argument("--label", help='a name kept with the snapshot, e.g. "before-migration-42"')
     p.set_defaults(func=cmd_snapshot_now)
     p = add("load", [with_instance], "latest snapshot + tail events of a run")
     p.add_argument("run", help="the run id")
-    p.add_argument("--after-seq", type=int, help="only events after this seq (no snapshot)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--after-seq", type=int, help="only events after this seq (no snapshot)")
+    start.add_argument(
+        "--snapshot", metavar="ID", help="restore this snapshot (any version) + events after it"
+    )
     p.add_argument("--limit", type=int, help="events per page (default 10000)")
     p.set_defaults(
         func=client_command(
             "load",
-            lambda a: _without_none(run=a.run, after_seq=a.after_seq, limit=a.limit),
+            lambda a: _without_none(
+                run=a.run, after_seq=a.after_seq, snapshot_id=a.snapshot, limit=a.limit
+            ),
             _human_load,
+        )
+    )
+    p = add("runs", [with_instance], "runs in id order, with their snapshot lag")
+    p.add_argument("--workflow", help="only runs of this workflow")
+    p.add_argument("--after", metavar="RUN", help="runs after this run id (next page)")
+    p.add_argument("--limit", type=int, help="runs per page (1-1000, default 100)")
+    p.set_defaults(
+        func=client_command(
+            "list_runs",
+            lambda a: _without_none(workflow=a.workflow, after=a.after, limit=a.limit),
+            _human_runs,
         )
     )
     p = add("list", [with_instance], "snapshots of a run, newest first")
@@ -110,7 +128,9 @@ ROUTINE_SKIPS = frozenset({"below_threshold", "no_events", "disabled"})
 
 def cmd_snapshot_now(args: argparse.Namespace) -> int:
     """Exit 0 when a snapshot was taken or none was due, 1 when none could be taken."""
-    fields = _without_none(run=args.run, lease=args.lease, force=args.force, kind=args.kind)
+    fields = _without_none(
+        run=args.run, lease=args.lease, force=args.force, kind=args.kind, label=args.label
+    )
     result = call(args, "snapshot_now", **fields)
     if args.json:
         print_json(result)
@@ -129,8 +149,6 @@ def call(args: argparse.Namespace, op: str, **fields: Any) -> Any:
             return client.call(op, **fields)
     except ClientError as exc:
         raise Failure(exc.message, error=exc.code, show_error=True) from None
-    except OSError as exc:
-        raise Failure(f"cannot reach snapshotd at {path}: {exc}", error="unavailable") from None
 
 
 def _human_status(result: dict[str, Any]) -> None:
@@ -187,12 +205,48 @@ def _human_list(result: dict[str, Any]) -> None:
     if not snaps:
         print("no snapshots")
         return
-    print(f"{'snapshot_id':<36}  {'kind':<6}  {'through':>8}  {'bytes':>9}  pinned  version")
-    for s in snaps:
-        print(
-            f"{s['snapshot_id']:<36}  {s['kind']:<6}  {s['through_seq']:>8}  "
-            f"{s['size_bytes']:>9}  {'yes' if s['pinned'] else 'no':<6}  {s['version']}"
-        )
+    rows = [
+        [
+            s["snapshot_id"],
+            s["kind"],
+            str(s["through_seq"]),
+            str(s["size_bytes"]),
+            "yes" if s["pinned"] else "no",
+            s["version"],
+            s.get("label") or "-",
+        ]
+        for s in snaps
+    ]
+    header = ["SNAPSHOT_ID", "KIND", "THROUGH", "BYTES", "PINNED", "VERSION", "LABEL"]
+    print_table(header, rows, right={2, 3})
+
+
+def _human_runs(result: dict[str, Any]) -> None:
+    runs = result.get("runs", [])
+    if not runs:
+        print("no runs")
+        return
+    rows = []
+    for r in runs:
+        through = r["snapshot_through_seq"]
+        lag = r["last_seq"] - (through or 0)
+        shown = "-" if through is None else str(through)
+        rows.append([r["run_id"], r["workflow"], r["version"], str(r["last_seq"]), shown, str(lag)])
+    header = ["RUN", "WORKFLOW", "VERSION", "LAST_SEQ", "SNAPSHOT", "LAG"]
+    print_table(header, rows, right={3, 4, 5})
+    if result.get("has_more"):
+        print(f"more runs follow: --after {result['next_after']}")
+
+
+def print_table(header: list[str], rows: list[list[str]], right: set[int]) -> None:
+    """Columns as wide as their widest cell; ``right``: indexes of right-aligned ones."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
 
 
 def _human_audit(result: dict[str, Any]) -> None:
