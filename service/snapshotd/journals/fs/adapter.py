@@ -46,7 +46,7 @@ from snapshotd.journals.fs.codec import (
 from snapshotd.journals.fs.files import Root
 from snapshotd.journals.fs.index import DueIndex
 from snapshotd.journals.fs.layout import open_root, scan_runs
-from snapshotd.journals.fs.listing import summary, workflow_of
+from snapshotd.journals.fs.listing import LISTING_BATCH, summary, workflows_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
@@ -248,24 +248,35 @@ class FsJournal(SharedFiles):
         cursor = after
         while len(page) < limit:
             # Bisect again after every await: create_run may insert meanwhile.
-            index = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
-            if index >= len(self._run_ids):
+            start = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            batch = self._run_ids[start : start + max(limit - len(page), LISTING_BATCH)]
+            if not batch:
                 break
-            cursor = run_id = self._run_ids[index]
-            if (
-                workflow is not None
-                and self._runs.get(run_id) is None
-                and await self._io(partial(workflow_of, root, run_id)) != workflow
-            ):
-                continue  # passed over without filling its cache
-            try:
-                files = await self._files(run_id)
-            except (NotFound, Corrupt):
-                continue
-            row = summary(files)
-            if row is not None and (workflow is None or row.workflow == workflow):
-                page.append(row)
+            cursor = batch[-1]
+            if workflow is not None:
+                batch = await self._of_workflow(root, batch, workflow)
+            for run_id in batch:
+                try:
+                    files = await self._files(run_id)
+                except (NotFound, Corrupt):
+                    continue
+                row = summary(files)
+                if row is not None and (workflow is None or row.workflow == workflow):
+                    page.append(row)
+                    if len(page) == limit:
+                        break
         return page
+
+    async def _of_workflow(self, root: Root, run_ids: list[str], workflow: str) -> list[str]:
+        """The runs that may be of ``workflow``: uncached ones are passed over by their
+        ``run.json`` alone, all read in one worker thread; cached ones are kept."""
+        uncached = [run_id for run_id in run_ids if self._runs.get(run_id) is None]
+        if not uncached:
+            return run_ids
+        found = dict(
+            zip(uncached, await self._io(partial(workflows_of, root, uncached)), strict=True)
+        )
+        return [run_id for run_id in run_ids if found.get(run_id, workflow) == workflow]
 
     # events ---------------------------------------------------------------
 
