@@ -33,6 +33,7 @@ EVENT_FIELDS = frozenset(("type", "data"))
 MAX_EVENTS = 10_000
 LOAD_LIMIT_DEFAULT, LOAD_LIMIT_MAX = 10_000, 100_000
 AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 1_000
+RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX = 100, 1_000
 
 
 def _run(req: Request) -> str:
@@ -187,7 +188,10 @@ async def snapshot_now(daemon: Daemon, req: Request) -> Result:
         kind = "safety"
     elif given is not None and given != "manual":
         raise BadRequest('kind must be "manual" or "safety"')
-    return await instance.snapshot_now(run_id, lease=lease, force=force, kind=kind)
+    label = req.get("label")
+    if label is not None:
+        validation.label(label)
+    return await instance.snapshot_now(run_id, lease=lease, force=force, kind=kind, label=label)
 
 
 async def load(daemon: Daemon, req: Request) -> Result:
@@ -197,14 +201,31 @@ async def load(daemon: Daemon, req: Request) -> Result:
     if after is not None:
         validation.integer(after, "after_seq", minimum=0)
     limit = _optional_int(req, "limit", LOAD_LIMIT_DEFAULT, 1, LOAD_LIMIT_MAX)
-    return await instance.load(run_id, after_seq=after, limit=limit)
+    snapshot_id = None
+    if req.get("snapshot_id") is not None:
+        if after is not None:
+            raise BadRequest("snapshot_id and after_seq cannot be combined: page on with after_seq")
+        snapshot_id = _snapshot_id(req)
+    return await instance.load(run_id, after_seq=after, limit=limit, snapshot_id=snapshot_id)
 
 
 async def list_snapshots(daemon: Daemon, req: Request) -> Result:
     instance = _instance(daemon, req)
     run_id = _run(req)
     metas = await instance.journal.list_snapshots(run_id)
-    return {"snapshots": [meta.to_json() for meta in metas]}
+    return {"snapshots": [meta.listing() for meta in metas]}
+
+
+async def list_runs(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    after = req.get("after")
+    if after is not None:
+        validation.run_id(after, "after")
+    workflow = req.get("workflow")
+    if workflow is not None:
+        validation.name(workflow, "workflow")
+    limit = _optional_int(req, "limit", RUNS_LIMIT_DEFAULT, 1, RUNS_LIMIT_MAX)
+    return await instance.list_runs(after=after, limit=limit, workflow=workflow)
 
 
 async def _set_pinned(daemon: Daemon, req: Request, pinned: bool) -> Result:
@@ -294,6 +315,7 @@ OPS.update(
     snapshot_now=snapshot_now,
     load=load,
     list_snapshots=list_snapshots,
+    list_runs=list_runs,
     pin=pin,
     unpin=unpin,
     verify=verify,

@@ -51,6 +51,14 @@ def name(value: object, field: str) -> str:
     return value
 
 
+def label(value: object, field: str = "label") -> str:
+    """A snapshot label: 1-128 characters, no NUL or control characters (shown in tables)."""
+    text = name(value, field)
+    if _has_control(text):
+        raise BadRequest(f"{field} must not contain control characters")
+    return text
+
+
 def lease(value: object, field: str = "lease") -> str:
     """A lease token: 1-200 bytes of UTF-8 without NUL."""
     if not isinstance(value, str):

@@ -423,13 +423,19 @@ class InstanceTelemetry:
         duration_s: float,
         error: BaseException | None = None,
         through_seq: int | None = None,
+        details: dict[str, int] | None = None,
     ) -> None:
+        """``details`` (e.g. ``too_large``'s sizes) go to the log line as they are and
+        to the span under ``snapshotd.``."""
         self._skipped[reason] += 1
         DURATION.record(duration_s, self._outcome_attrs["skipped"])
-        if through_seq is None:
+        extra = details or {}
+        if through_seq is None and not extra:
             span.span.set_attributes(self._skipped_span_attrs[reason])
+        elif through_seq is None:
+            span.set(outcome="skipped", reason=reason, **extra)
         else:
-            span.set(outcome="skipped", reason=reason, through_seq=through_seq)
+            span.set(outcome="skipped", reason=reason, through_seq=through_seq, **extra)
         if error is not None:
             span.span.record_exception(error)
             span.span.set_status(Status(StatusCode.ERROR, str(error)))
@@ -443,6 +449,7 @@ class InstanceTelemetry:
             error=None if error is None else f"{type(error).__name__}: {error}",
             duration_s=round(duration_s, 6),
             trace_id=span.trace_id(),
+            **extra,
         )
 
 

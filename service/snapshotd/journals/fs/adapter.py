@@ -1,27 +1,23 @@
 """The ``FsJournal`` adapter: the Journal protocol over the files of one root directory.
 
-See the package docstring for the layout and the caching rules.
+See the package docstring for the layout, the caching rules and the sweep index.
 """
 
 from __future__ import annotations
 
 import bisect
-import fcntl
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-import orjson
 
 from snapshotd.domain.errors import (
     BadRequest,
-    ConfigError,
     Conflict,
     Corrupt,
     NotFound,
@@ -29,85 +25,112 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals import records
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
-from snapshotd.journals.fs.cache import Loaded, RunFiles
+from snapshotd.domain.model import Event, NewEvent, Run, RunSummary, Snapshot, SnapshotMeta
+from snapshotd.journals.base import UNSET, EventPage, _Unset
+from snapshotd.journals.fs.cache import RunCache, RunFiles
 from snapshotd.journals.fs.codec import (
-    DOC_SUFFIX,
-    LOCK_NAME,
     SNAPSHOT_ID,
     decode_events,
     entry_name,
     parse_meta,
     run_json,
 )
-from snapshotd.journals.fs.files import atomic_write, fsync_dir
-from snapshotd.journals.fs.layout import check_format, remove_temp_files, scan_runs
+from snapshotd.journals.fs.files import Root
+from snapshotd.journals.fs.index import DueIndex
+from snapshotd.journals.fs.layout import open_root, scan_runs
+from snapshotd.journals.fs.listing import summary, workflow_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
     create_run_dir,
     delete_snapshots,
     load_run,
-    read_document,
+    read_snapshot,
     store_snapshot,
 )
+from snapshotd.journals.fs.shared import SharedFiles, unavailable
 
 T = TypeVar("T")
 
+DEFAULT_CACHED_RUNS = 4096
+"""Runs whose record, events tip and snapshot list stay in memory (about 3 KB each)."""
 
-class FsJournal:
+
+class FsJournal(SharedFiles):
     """Journal in a directory; one process at a time (enforced with flock)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._given = os.fspath(path)
-        self._root = os.path.abspath(self._given)
-        self._docs_dir = os.path.join(self._root, "documents")
+    def __init__(self, path: str | os.PathLike[str], *, cached_runs: int = DEFAULT_CACHED_RUNS):
+        if cached_runs < 1:
+            raise ValueError("cached_runs must be at least 1")
+        super().__init__(path)
+        self._path = os.path.abspath(self._given)
         self._lock_fd: int | None = None
-        self._runs: dict[str, RunFiles] = {}
+        self._runs = RunCache(cached_runs)
         self._run_ids: list[str] = []
-        self._run_dirs: set[str] = set()
-        self._audit = JsonlLog(os.path.join(self._root, "audit.jsonl"), "cursor")
+        self._stray: set[str] = set()
+        self._index: DueIndex | None = None
         self._create_lock = anyio.Lock()
-        self._audit_lock = anyio.Lock()
-        self._doc_lock = anyio.Lock()
-
-    @property
-    def description(self) -> str:
-        return f"fs:{self._given}"
 
     # plumbing -------------------------------------------------------------
 
-    def _require_open(self) -> None:
-        if self._lock_fd is None:
+    def _opened(self) -> tuple[Root, DueIndex]:
+        root, _ = self._shared()
+        if self._index is None:
             raise Unavailable(f"journal {self.description} is not open")
+        return root, self._index
 
-    async def _io(self, func: Callable[[], T]) -> T:
-        """Run one whole blocking operation in a worker thread; OSError -> Unavailable."""
-        self._require_open()
-        try:
-            return await anyio.to_thread.run_sync(func)
-        except OSError as exc:
-            raise unavailable(exc) from exc
+    def _known(self, run_id: str) -> str | None:
+        """The id object kept in the run list (shared by the index), None if unknown."""
+        at = bisect.bisect_left(self._run_ids, run_id)
+        if at < len(self._run_ids) and self._run_ids[at] == run_id:
+            return self._run_ids[at]
+        return None
 
     async def _files(self, run_id: str) -> RunFiles:
         """The run's cache, filled from disk on first touch. Raises NotFound.
 
-        A run whose directory name was not there at open nor created since does not
+        A run whose directory was not there at open nor created since does not
         exist (nothing else writes the root): that answer needs no worker thread.
         """
         files = self._runs.get(run_id)
         if files is not None:
             return files
-        self._require_open()
-        if entry_name(run_id) not in self._run_dirs:
+        root, _ = self._opened()
+        name = entry_name(run_id)
+        if self._known(run_id) is None and name not in self._stray:
             raise NotFound(f"run {run_id!r} not found")
-        loaded = await self._io(partial(load_run, self._root, run_id))
-        if loaded is None:
+
+        def load() -> RunFiles | None:
+            loaded = load_run(root, name, run_id)
+            if loaded is None:
+                return None
+            files = RunFiles(*loaded)
+            if files.events_damage is None:
+                self._reindex(files)
+            return files
+
+        files = await self._io(load)
+        if files is None:
             raise NotFound(f"run {run_id!r} not found")
         # Mutations need a cache, so a load that finds none installed saw the current disk.
-        return self._runs.setdefault(run_id, RunFiles(*loaded))
+        return self._runs.add(run_id, files)
+
+    def _reindex(self, files: RunFiles) -> None:
+        """Tell the index whether the run waits for a snapshot (blocking)."""
+        run_id = self._known(files.run.run_id)
+        if run_id is not None and self._index is not None:
+            self._index.set(run_id, files.due_since())
+
+    def _indexed(self, files: RunFiles, func: Callable[[], T]) -> Callable[[], T]:
+        """``func`` (a blocking write to the run), then the index brought up to date."""
+
+        def write() -> T:
+            try:
+                return func()
+            finally:
+                self._reindex(files)
+
+        return write
 
     # open / close ---------------------------------------------------------
 
@@ -120,35 +143,43 @@ class FsJournal:
             raise unavailable(exc) from exc
 
     def _open_blocking(self) -> None:
-        os.makedirs(self._root, exist_ok=True)
-        lock_path = os.path.join(self._root, LOCK_NAME)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        root, lock_fd = open_root(self._path, self.description)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(
-                    f"journal {self.description}: {lock_path} is locked by another process "
-                    "(another snapshotd uses this directory)"
-                ) from None
-            check_format(self._root, self.description)
-            os.makedirs(self._docs_dir, exist_ok=True)
-            remove_temp_files(self._root, self._docs_dir)
-            self._run_ids, self._run_dirs = scan_runs(self._root)
-            self._audit.load()
+            run_ids, stray = scan_runs(root)
+            audit = JsonlLog(root, ("audit.jsonl",), "cursor")
+            audit.load()
+            self._run_ids = run_ids
+            index = DueIndex(root)
+            index.open(self._known, partial(self._rebuild_index, root))
         except BaseException:
-            os.close(fd)
+            self._run_ids = []
+            os.close(lock_fd)
+            root.close()
             raise
         self._runs.clear()
-        self._lock_fd = fd
+        self._stray, self._index, self._audit = stray, index, audit
+        self._root, self._lock_fd = root, lock_fd
+
+    def _rebuild_index(self, root: Root) -> Iterator[tuple[str, float]]:
+        """Every waiting run, read from disk (a missing or damaged index only)."""
+        for run_id in self._run_ids:
+            try:
+                loaded = load_run(root, entry_name(run_id), run_id, check=False)
+            except Corrupt:
+                continue
+            since = None if loaded is None else RunFiles(*loaded).due_since()
+            if since is not None:
+                yield run_id, since
 
     async def aclose(self) -> None:
+        root, self._root = self._root, None
         fd, self._lock_fd = self._lock_fd, None
         self._runs.clear()
-        self._run_ids = []
-        self._run_dirs = set()
+        self._run_ids, self._stray, self._index, self._audit = [], set(), None, None
         if fd is not None:
             os.close(fd)
+        if root is not None:
+            root.close()
 
     # runs -----------------------------------------------------------------
 
@@ -164,16 +195,12 @@ class FsJournal:
                 if existing.run.workflow != workflow:
                     raise Conflict(f"run {run_id!r} exists with workflow {existing.run.workflow!r}")
                 return False
+            root, _ = self._opened()
             run = Run(run_id, workflow, version, lease, 0, now)
-            loaded = await self._io(
-                partial(create_run_dir, self._root, run, partial(self._created, run_id))
-            )
-            self._runs.setdefault(run_id, RunFiles(*loaded))
+            created = partial(bisect.insort, self._run_ids, run_id)
+            loaded = await self._io(partial(create_run_dir, root, entry_name(run_id), run, created))
+            self._runs.add(run_id, RunFiles(*loaded))
             return True
-
-    def _created(self, run_id: str, name: str) -> None:
-        self._run_dirs.add(name)
-        bisect.insort(self._run_ids, run_id)
 
     async def get_run(self, run_id: str) -> Run | None:
         try:
@@ -187,7 +214,7 @@ class FsJournal:
     async def set_version(self, run_id: str, version: str) -> None:
         files = await self._files(run_id)
         async with files.lock:
-            await self._io(partial(self._rewrite_run, files, replace(files.run, version=version)))
+            await self._rewrite_run(files, replace(files.run, version=version))
 
     async def set_lease(
         self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
@@ -196,17 +223,49 @@ class FsJournal:
         async with files.lock:
             if not isinstance(expected, _Unset) and expected != files.run.lease:
                 raise Conflict(f"run {run_id!r} has another lease than expected")
-            await self._io(partial(self._rewrite_run, files, replace(files.run, lease=lease)))
+            await self._rewrite_run(files, replace(files.run, lease=lease))
 
-    @staticmethod
-    def _rewrite_run(files: RunFiles, run: Run) -> None:
-        atomic_write(files.directory, "run.json", run_json(run))
-        files.run = run
+    async def _rewrite_run(self, files: RunFiles, run: Run) -> None:
+        root, _ = self._opened()
+
+        def write() -> None:
+            with root.directory(files.name) as directory:
+                root.atomic_write(directory, "run.json", run_json(run))
+            files.run = run
+
+        await self._io(self._indexed(files, write))
 
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
-        self._require_open()
+        self._opened()
         start = 0 if after is None else bisect.bisect_right(self._run_ids, after)
         return self._run_ids[start : start + max(limit, 0)]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        root, _ = self._opened()
+        page: list[RunSummary] = []
+        cursor = after
+        while len(page) < limit:
+            # Bisect again after every await: create_run may insert meanwhile.
+            index = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            if index >= len(self._run_ids):
+                break
+            cursor = run_id = self._run_ids[index]
+            if (
+                workflow is not None
+                and self._runs.get(run_id) is None
+                and await self._io(partial(workflow_of, root, run_id)) != workflow
+            ):
+                continue  # passed over without filling its cache
+            try:
+                files = await self._files(run_id)
+            except (NotFound, Corrupt):
+                continue
+            row = summary(files)
+            if row is not None and (workflow is None or row.workflow == workflow):
+                page.append(row)
+        return page
 
     # events ---------------------------------------------------------------
 
@@ -232,7 +291,16 @@ class FsJournal:
                 )
             if not events:
                 return last
-            return await self._io(partial(append_events, log, events, now))
+            _, index = self._opened()
+            known = self._known(run_id) or run_id
+
+            def write() -> int:
+                if not index.waiting(known):
+                    # Durable before the events: after a crash the index still names the run.
+                    index.set(known, files.since(), durable=True)
+                return append_events(log, events, now)
+
+            return await self._io(self._indexed(files, write))
 
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
@@ -271,11 +339,12 @@ class FsJournal:
         files = await self._files(run_id)
         if snapshot_id not in files.snapshots:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
-        path = files.snapshot_path(snapshot_id)
+        root, _ = self._opened()
+        path = root.join(*files.snapshot_parts(snapshot_id))
 
         def read() -> Snapshot:
             try:
-                data = Path(path).read_bytes()
+                data = read_snapshot(root, files, snapshot_id)
             except FileNotFoundError:
                 raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
             head, newline, payload = data.partition(b"\n")
@@ -304,7 +373,8 @@ class FsJournal:
                             f"run {meta.run_id!r} already has a snapshot through seq "
                             f"{other.through_seq}"
                         )
-            await self._io(partial(store_snapshot, files, snapshot))
+            root, _ = self._opened()
+            await self._io(self._indexed(files, partial(store_snapshot, root, files, snapshot)))
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         files = await self._files(run_id)
@@ -312,7 +382,10 @@ class FsJournal:
             doomed = [sid for sid in dict.fromkeys(snapshot_ids) if sid in files.snapshots]
             if not doomed:
                 return 0
-            return await self._io(partial(delete_snapshots, files, doomed))
+            root, _ = self._opened()
+            return await self._io(
+                self._indexed(files, partial(delete_snapshots, root, files, doomed))
+            )
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         files = await self._files(run_id)
@@ -321,108 +394,17 @@ class FsJournal:
             if snapshot.meta.pinned == pinned:
                 return
             updated = Snapshot(replace(snapshot.meta, pinned=pinned), snapshot.payload)
-            await self._io(partial(store_snapshot, files, updated))
+            root, _ = self._opened()
+            await self._io(partial(store_snapshot, root, files, updated))
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
-        self._require_open()
-        ids = list(self._run_ids)
-        missing = [run_id for run_id in ids if run_id not in self._runs]
-        if missing:
-            for run_id, loaded in (await self._io(partial(self._load_many, missing))).items():
-                self._runs.setdefault(run_id, RunFiles(*loaded))
-        due: list[str] = []
-        for run_id in ids:
-            files = self._runs.get(run_id)
-            if files is None or files.events_damage is not None:
-                # Damaged runs are reported when used; sweeping them would only repeat that.
-                continue
-            run = files.run
-            latest = max(
-                (m for m in files.snapshots.values() if m.version == run.version),
-                key=SnapshotMeta.order_key,
-                default=None,
-            )
-            through = 0 if latest is None else latest.through_seq
-            since = run.created_at if latest is None else latest.created_at
-            if files.events.tip[0] > through and since < cutoff:
-                due.append(run_id)
-                if len(due) >= limit:
-                    break
-        return due
+        """From the index, in a worker thread: no run is read. Runs known damaged
+        are left out (they are reported when used; sweeping them would only repeat it)."""
+        _, index = self._opened()
+        cached = self._runs.get
 
-    def _load_many(self, run_ids: list[str]) -> dict[str, Loaded]:
-        """Load every given run; damaged ones are left out (they surface when used)."""
-        loaded: dict[str, Loaded] = {}
-        for run_id in run_ids:
-            try:
-                found = load_run(self._root, run_id)
-            except Corrupt:
-                continue
-            if found is not None:
-                loaded[run_id] = found
-        return loaded
+        def damaged(run_id: str) -> bool:
+            files = cached(run_id)
+            return files is not None and files.events_damage is not None
 
-    # audit log ------------------------------------------------------------
-
-    async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
-        log = self._audit
-
-        def write() -> int:
-            cursor = log.tip[0] + 1
-            line = records.dumps({"cursor": cursor, "at": now, "kind": kind, "fields": fields})
-            return log.append(line + b"\n", 1)
-
-        async with self._audit_lock:
-            return await self._io(write)
-
-    async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
-        log = self._audit
-        tip = log.tip
-
-        def read() -> list[AuditEntry]:
-            _, objects = log.read(cursor, limit, tip)
-            try:
-                return [
-                    AuditEntry(o["cursor"], records.parse_time(o["at"]), o["kind"], o["fields"])
-                    for o in objects
-                ]
-            except (KeyError, TypeError, ValueError):
-                raise Corrupt(f"{log.path}: not an audit entry after cursor {cursor}") from None
-
-        return await self._io(read)
-
-    # documents ------------------------------------------------------------
-
-    def _document_path(self, namespace: str, key: str) -> tuple[str, str]:
-        return os.path.join(self._docs_dir, entry_name(namespace)), entry_name(key) + DOC_SUFFIX
-
-    async def get_document(self, namespace: str, key: str) -> Document | None:
-        directory, name = self._document_path(namespace, key)
-        return await self._io(partial(read_document, os.path.join(directory, name)))
-
-    async def put_document(
-        self, namespace: str, key: str, body: bytes, expected_version: int | None
-    ) -> int:
-        directory, name = self._document_path(namespace, key)
-        path = os.path.join(directory, name)
-
-        def write() -> int:
-            current = read_document(path)
-            current_version = None if current is None else current.version
-            if current_version != expected_version:
-                raise Conflict(f"document {namespace}/{key} changed concurrently")
-            version = 1 if current_version is None else current_version + 1
-            if not os.path.isdir(directory):
-                os.mkdir(directory)
-                fsync_dir(self._docs_dir)
-            header = orjson.dumps({"namespace": namespace, "key": key, "version": version})
-            atomic_write(directory, name, header + b"\n" + bytes(body))
-            return version
-
-        async with self._doc_lock:
-            return await self._io(write)
-
-
-def unavailable(exc: OSError) -> Unavailable:
-    where = f" ({exc.filename})" if exc.filename else ""
-    return Unavailable(f"fs journal: {exc.strerror or exc}{where}")
+        return await self._io(partial(index.due, cutoff.timestamp(), limit, damaged))

@@ -14,11 +14,13 @@ from snapshotd.domain.model import Event, Run, SnapshotMeta
 from snapshotd.journals import records
 
 FORMAT: Final = "snapshotd-fs"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+"""3: logs written in checksummed batches, temporaries in ``staging/``, ``due.jsonl``."""
 _LAYOUT: Final = (
     "{id-<hex utf-8>|h-<sha256>}/{run.json,events.jsonl,snapshots/<uuid>.snap};"
-    "documents/<name>/<name>.doc;audit.jsonl;"
-    "event line=records.event_json;snapshot=meta json line+state;document=header line+body"
+    "documents/<name>/<name>.doc;audit.jsonl;staging/;due.jsonl;"
+    "event line=records.event_json;batch=last line +crc member;"
+    "snapshot=meta json line+state;document=header line+body"
 )
 FINGERPRINT: Final = "sha256:" + hashlib.sha256(_LAYOUT.encode()).hexdigest()
 """Hash of the layout rules, so a build that changes them refuses older data."""
@@ -30,7 +32,6 @@ DOC_SUFFIX = ".doc"
 LOCK_NAME = "lock"
 FOREIGN_OK = {"lost+found", LOCK_NAME}
 RUN_PREFIXES = ("id-", "h-")
-EVENT_FIELDS: Final = ("type", "data", "recorded_at")
 
 
 def entry_name(text: str) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from hashlib import md5
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,13 +24,23 @@ from anyio.abc import TaskStatus
 from snapshotd.domain.errors import (
     Busy,
     Conflict,
+    Corrupt,
     NotFound,
     StaleLease,
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.domain.model import (
+    AuditEntry,
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
 from snapshotd.journals.migrate import (
     MigrationError,
     PgTarget,
@@ -39,18 +50,19 @@ from snapshotd.journals.migrate import (
     migrate_target,
     parse_dsn,
 )
-from snapshotd.journals.postgres.errors import wrap_errors
+from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
 from snapshotd.journals.postgres.listener import Listener
 from snapshotd.journals.postgres.queries import Queries
-from snapshotd.journals.postgres.rows import decode_events, meta
+from snapshotd.journals.postgres.rows import decode_events, meta, summary
 from snapshotd.journals.records import dumps
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from snapshotd.journals.migrate import Conn
 
 _APP_NAME = "snapshotd"
+
+_MIN_TIME = datetime.min.replace(tzinfo=UTC)
+"""Below every due time: the keyset start of a sweep from the oldest due run."""
 
 _TICK = timedelta(microseconds=1)
 """The resolution of timestamptz: the smallest step that keeps created_at increasing."""
@@ -166,6 +178,7 @@ class PostgresJournal:
             row = await self._p.fetchrow(self._q.get_run, run_id)
         if row is None:
             return None
+        due_seq = row["due_seq"]
         return Run(
             row["run_id"],
             row["workflow"],
@@ -173,6 +186,7 @@ class PostgresJournal:
             row["lease"],
             row["last_seq"],
             row["created_at"],
+            None if due_seq is None else DuePoint(row["snap_seq"], due_seq, row["due_at"]),
         )
 
     async def _require_run(self, conn: Conn, run_id: str) -> None:
@@ -202,6 +216,19 @@ class PostgresJournal:
             rows = await self._p.fetch(self._q.list_runs, after, limit)
         return [row[0] for row in rows]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # run_id is COLLATE "C": '' sorts before every id, and the order is UTF-8's.
+        with self._errors("run_summaries"):
+            if workflow is None:
+                rows = await self._p.fetch(self._q.run_summaries, after or "", limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.workflow_run_summaries, after or "", limit, workflow
+                )
+        return [summary(row) for row in rows]
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -216,23 +243,43 @@ class PostgresJournal:
         types = [e.type for e in events]
         data = [orjson.dumps(e.data).decode() for e in events]
         with self._errors("append"):
-            last: int = await self._p.fetchval(
-                self._q.append, run_id, expected_seq, lease, types, data, now
-            )
+            conn = await self._p.acquire()
+        try:
+            with commit_errors(f"postgresql journal {self.description}: append"):
+                last: int = await conn.fetchval(
+                    self._q.append, run_id, expected_seq, lease, types, data, now
+                )
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._p.release(conn)
         return last
 
-    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes]:
+    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[Any]:
+        """Stored (body, md5) rows after ``after_seq``, unchecked."""
         with self._errors("read events"):
             async with self._p.acquire() as conn:
                 rows = await conn.fetch(self._q.event_bodies, run_id, after_seq, limit)
                 if not rows:
                     await self._require_run(conn, run_id)
-        return [row[0] for row in rows]
+        return rows
+
+    def _checked(self, run_id: str, after_seq: int, rows: list[Any]) -> list[bytes]:
+        """The bodies when every one matches its checksum; Corrupt naming the first
+        that does not (its seq: the run's seqs are contiguous)."""
+        bodies: list[bytes] = [row[0] for row in rows]
+        sums = [md5(body, usedforsecurity=False).digest() for body in bodies]
+        if sums != [row[1] for row in rows]:
+            bad = next(i for i, row in enumerate(rows) if sums[i] != row[1])
+            raise Corrupt(
+                f"events row (run_id={run_id!r}, seq={max(after_seq, 0) + bad + 1}) of "
+                f"{self.description} does not match its checksum"
+            )
+        return bodies
 
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
     ) -> list[Event]:
-        bodies = await self._bodies(run_id, after_seq, limit)
+        bodies = self._checked(run_id, after_seq, await self._bodies(run_id, after_seq, limit))
         return decode_events(run_id, bodies, max(after_seq, 0))
 
     async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
@@ -241,7 +288,7 @@ class PostgresJournal:
         if has_more:
             del bodies[limit:]
         last = max(after_seq, 0) + len(bodies) if bodies else after_seq
-        return EventPage(bodies, last, has_more)
+        return EventPage(self._checked(run_id, after_seq, bodies), last, has_more)
 
     # snapshots ------------------------------------------------------------
 
@@ -305,6 +352,7 @@ class PostgresJournal:
                         m.pinned,
                         created_at,
                         m.expires_at,
+                        m.label,
                         snapshot.payload,
                     )
                 except asyncpg.UniqueViolationError:
@@ -323,6 +371,34 @@ class PostgresJournal:
             done = await self._p.fetchval(self._q.set_pinned, run_id, snapshot_id, pinned)
         if not done:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        start = (_MIN_TIME, "") if after is None else (after.due_at, after.run_id)
+        with self._errors("sweep_due"):
+            rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+        return [DueRun(row[0], row[1]) for row in rows]
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        with self._errors("set_due"):
+            async with self._p.acquire() as conn:
+                done = await conn.fetchval(
+                    self._q.set_due,
+                    run_id,
+                    point.snap_seq,
+                    point.due_seq,
+                    point.due_at,
+                    snapshotted,
+                )
+                if not done:
+                    await self._require_run(conn, run_id)
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        with self._errors("record_failure"):
+            done = await self._p.fetchval(
+                self._q.record_failure, run_id, now, max_delay_s, FIRST_RETRY_S
+            )
+        if not done:
+            raise NotFound(f"run {run_id!r} not found")
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
         with self._errors("due_runs"):

@@ -23,8 +23,8 @@ from snapshotd.domain.errors import (
     Unavailable,
 )
 
-# The append function's SD409 message names the run's last seq: "run 'r' is at seq 5, not 3".
-_LAST_SEQ = re.compile(r"is at seq (\d+),")
+# The append function's SD409 carries the run's last seq as DETAIL "last_seq=5".
+_LAST_SEQ = re.compile(r"last_seq=(\d+)")
 
 # SQLSTATEs raised by the migrations' append function.
 _SQLSTATE_ERRORS: dict[str, type[SnapshotdError]] = {
@@ -43,7 +43,8 @@ def wrap_errors(where: str) -> Iterator[None]:
         state = exc.sqlstate or ""
         mapped = _SQLSTATE_ERRORS.get(state)
         if mapped is not None:
-            seen = _LAST_SEQ.search(str(exc)) if mapped is Conflict else None
+            detail = getattr(exc, "detail", None) or ""
+            seen = _LAST_SEQ.fullmatch(detail) if mapped is Conflict else None
             details = {"last_seq": int(seen[1])} if seen else {}
             raise mapped(str(exc), **details) from None
         # Bad data and exceeded limits are the request's fault: retrying cannot help.
@@ -59,3 +60,36 @@ def wrap_errors(where: str) -> Iterator[None]:
         # InternalClientError: a connection killed mid-operation can leave asyncpg's
         # protocol state behind ("another operation is in progress"); a retry works.
         raise Unavailable(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _connection_lost(sqlstate: str) -> bool:
+    """Errors after which a statement may or may not have committed: the connection
+    or the server went away (class 08, shutdowns of class 57, 58, XX)."""
+    return sqlstate[:2] in ("08", "58", "XX") or sqlstate in ("57P01", "57P02", "57P03")
+
+
+@contextmanager
+def commit_errors(where: str) -> Iterator[None]:
+    """``wrap_errors`` for a statement that commits as it ends (an append), once sent.
+
+    A connection lost while it runs may have lost the reply of a commit that went
+    through, so that Unavailable carries ``outcome="unknown"``: the caller retries
+    with ``expected_seq`` (SPEC section 2).
+    """
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if not _connection_lost(exc.sqlstate or ""):
+            with wrap_errors(where):
+                raise
+        raise _unknown(where, exc) from None
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+        raise _unknown(where, exc) from None
+
+
+def _unknown(where: str, exc: BaseException) -> Unavailable:
+    return Unavailable(
+        f"{where}: the connection was lost while committing, the append may or may not "
+        f"have been written ({type(exc).__name__}: {exc}); retry with expected_seq",
+        outcome="unknown",
+    )

@@ -38,6 +38,8 @@ class Queries:
     set_version: str
     set_lease: str
     list_runs: str
+    run_summaries: str
+    workflow_run_summaries: str
     append: str
     event_bodies: str
     list_snapshots: str
@@ -49,6 +51,9 @@ class Queries:
     delete_snapshots: str
     set_pinned: str
     due_runs: str
+    sweep_due: str
+    set_due: str
+    record_failure: str
     lock: str
     append_audit: str
     read_audit: str
