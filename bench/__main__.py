@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ours, report
+from bench import ours, report, throughput
 from bench.daemon import SNAPSHOTD, Daemon
 from bench.stats import Figure, cross_ratio
 from bench.targets import evaluate, spec_targets
@@ -38,6 +38,7 @@ FULL = ours.Plan(
     flood_requests=1_000_000,
     flood_queue=100,
     flood_runs=200,
+    throughput_runs=3000,
 )
 QUICK = ours.Plan(
     sizes=(1_000, 10_000),
@@ -48,6 +49,7 @@ QUICK = ours.Plan(
     flood_requests=200_000,
     flood_queue=100,
     flood_runs=50,
+    throughput_runs=300,
 )
 
 METHOD = """
@@ -80,6 +82,11 @@ METHOD = """
   `skipped` between polls; peak RSS is the daemon's VmHWM. The same daemon is then
   flooded again with requests naming as many runs that do not exist (each attempt
   ends as `no_run`).
+- **throughput**: runs of the `tp` workflow (`last_by_key` over 10 keys of ~100 bytes,
+  a ~1 KB state), each with a base snapshot and 100 events past it, written through
+  the journal adapter with no daemon running; then a fresh daemon (threshold 100)
+  gets one fire-and-forget `snapshot` per run and the figure is runs per second from
+  the first hint to `taken` reaching the number of runs (bench/throughput.py).
 - **`--quick`**: runs of at most 10,000 events, so the targets the SPEC defines on a
   100,000-event run show their figure with `n/a (quick)` instead of a verdict.
 - **eventsourcing**: its `Application` with the PostgreSQL recorder on a fresh
@@ -170,6 +177,12 @@ def measure(plan: ours.Plan, workdir: Path, journals: list[str], sections: Secti
         sections.run("fire_and_forget", lambda: ours.bench_fire_and_forget(socket_path, plan))
         if daemon.process is not None and daemon.process.poll() is not None:
             sections.errors["daemon"] = "the daemon exited: " + daemon.log_tail()
+        sections.run(
+            "throughput",
+            lambda: throughput.bench_throughput(
+                workdir, journals, pg_dsn, runs=plan.throughput_runs, rounds=plan.repeats
+            ),
+        )
     sections.run("flood", lambda: ours.bench_flood(workdir / "flood", plan))
 
 

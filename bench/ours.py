@@ -39,6 +39,7 @@ class Plan:
     flood_requests: int
     flood_queue: int
     flood_runs: int
+    throughput_runs: int
 
     @property
     def largest(self) -> int:

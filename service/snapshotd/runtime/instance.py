@@ -47,6 +47,10 @@ UNAUDITED_REASONS = SILENT_REASONS | {"no_run"}
 and requests naming a run the journal does not have. Any client can send those at
 will; auditing them would let a flood of typos grow the durable log, one write each."""
 
+MAX_IN_FLIGHT = 16
+"""Attempts the actor overlaps (each of a different run): enough to keep a journal's
+connections busy while one attempt waits, few enough to bound memory and the pool."""
+
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 _P = ParamSpec("_P")
@@ -155,7 +159,9 @@ class Instance:
         self.dropped = 0
         self.coalesced = 0
         self.restarts = 0
-        self.in_flight: Job | None = None
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.in_flight: dict[str, Job] = {}
+        """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
         self.telemetry.watch_requests(
@@ -309,12 +315,13 @@ class Instance:
             await self.record_audit("snapshot_skipped", **fields)
 
     def task_crashed(self, task: str) -> None:
-        """Account for a crashed loop; the actor's Job in flight ends as ``internal``."""
+        """Account for a crashed loop; the actor's Jobs in flight end as ``internal``."""
         if task == "actor":
-            job, self.in_flight = self.in_flight, None
-            if job is not None and job.requested:
-                self.skipped["internal"] += 1
-                self.telemetry.attempt_lost()
+            jobs, self.in_flight = self.in_flight, {}
+            for job in jobs.values():
+                if job.requested:
+                    self.skipped["internal"] += 1
+                    self.telemetry.attempt_lost()
         self.restarts += 1
         self.telemetry.restarted()
 
