@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's bounded-state workflow is configured, so `snapshotd demo` against this
+# daemon compares it with the step log.
 run: install
-	$(BIN)/snapshotd serve
+	SNAPSHOTD_WORKFLOWS__DEMO_KV__REDUCER=last_by_key $(BIN)/snapshotd serve
 
 test: install
 	$(BIN)/python -m pytest

@@ -10,6 +10,7 @@ A missing tool skips its check, except in CI (``CI=true``) for the tools that
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,13 +18,16 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
-from snapshotd.config import load_config
+from snapshotd.config import SocketConfig, load_config
+from tests.telemetry.test_instruments import ALL_SPEC_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -210,7 +214,41 @@ def test_kubernetes_native_sidecar_shares_the_socket() -> None:
     assert mounts(sidecar)["snapshotd-config"] == "/etc/snapshotd"
     # A one-shot migration runs to completion before the sidecar starts.
     first = pod["initContainers"][0]
-    assert first.get("restartPolicy") is None and first["args"][0] == "migrate"
+    assert first.get("restartPolicy") is None and first["args"] == ["migrate"]
+
+
+def test_kubernetes_dsn_comes_from_a_secret_never_a_command_line() -> None:
+    deployment = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    migrate = pod["initContainers"][0]
+    for container in (*pod["initContainers"], *pod["containers"]):
+        argv = " ".join(container.get("command", []) + container.get("args", []))
+        assert "postgres" not in argv and "DSN" not in argv, container["name"]
+    env = {e["name"]: e for e in migrate["env"]}
+    assert env["SNAPSHOTD_DSN"]["valueFrom"]["secretKeyRef"]["name"] == "snapshotd-journal"
+    secret = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Secret")
+    assert env["SNAPSHOTD_DSN"]["valueFrom"]["secretKeyRef"]["key"] in secret["stringData"]
+
+
+def test_kubernetes_resource_attributes_come_from_the_downward_api() -> None:
+    deployment = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Deployment")
+    sidecar = deployment["spec"]["template"]["spec"]["initContainers"][1]
+    env = {e["name"]: e for e in sidecar["env"]}
+    attributes = dict(
+        pair.split("=", 1) for pair in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(",")
+    )
+    fields = {
+        "k8s.pod.name": "metadata.name",
+        "k8s.namespace.name": "metadata.namespace",
+        "k8s.node.name": "spec.nodeName",
+    }
+    for attribute, field in fields.items():
+        variable = re.fullmatch(r"\$\((\w+)\)", attributes[attribute])
+        assert variable, attribute
+        assert env[variable[1]]["valueFrom"]["fieldRef"]["fieldPath"] == field
+        # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+        assert list(env).index(variable[1]) < list(env).index("OTEL_RESOURCE_ATTRIBUTES")
+    assert attributes["k8s.container.name"] == sidecar["name"]
 
 
 # --- compose -------------------------------------------------------------------------
@@ -231,13 +269,13 @@ def test_compose_wires_postgres_collector_and_migration() -> None:
     services = compose["services"]
     daemon = services["snapshotd"]
     assert daemon["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["migrate"]["command"][:2] == ["migrate", "--dsn"]
-    assert "@postgres:" in services["migrate"]["command"][2]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert "@postgres:" in services["migrate"]["environment"]["SNAPSHOTD_DSN"]
     assert daemon["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector:")
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./"):
+            if source.startswith(("./", "../")):
                 assert (COMPOSE_DIR / source).exists(), f"{source} is missing"
 
 
@@ -270,6 +308,8 @@ def test_systemd_unit_runtime_directory_and_user() -> None:
     assert unit["RuntimeDirectoryMode"] == ["0750"]
     assert unit["User"][0] not in ("root", "0")
     assert unit["NoNewPrivileges"] == ["yes"]
+    # Above the default socket.max_connections, plus the journal's own descriptors.
+    assert int(unit["LimitNOFILE"][0]) > 2 * SocketConfig().max_connections
     assert unit["ProtectSystem"] == ["strict"]
     argv = shlex.split(unit["ExecStart"][0])
     assert argv[1:3] == ["serve", "--config"]
@@ -289,3 +329,165 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit.write_text(text)
     result = _run([analyze, "verify", str(unit)], cwd=tmp_path)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+# --- Prometheus rules and the Grafana dashboard ----------------------------------------
+
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "snapshotd.json"
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def _promtool() -> str:
+    return _tool("promtool", "Debian package prometheus; .ci/run installs it", required_in_ci=True)
+
+
+def prometheus_name(name: str, kind: type[Any], unit: str) -> str:
+    """The name the Collector's Prometheus exporter gives a metric (histograms: the family)."""
+    base = name.replace(".", "_") + {"s": "_seconds", "By": "_bytes"}.get(unit, "")
+    if kind is Gauge and unit == "1":
+        return base + "_ratio"
+    return base + "_total" if kind is Sum else base
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    (doc,) = _yaml_docs(PROMETHEUS_DIR / "alerts.yaml")
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _dashboard_exprs() -> dict[str, list[str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        panel["title"]: [target["expr"] for target in panel["targets"]]
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+    }
+
+
+def test_prometheus_names_follow_the_collector() -> None:
+    assert prometheus_name("snapshotd.snapshot.taken", Sum, "{snapshot}") == (
+        "snapshotd_snapshot_taken_total"
+    )
+    assert prometheus_name("snapshotd.snapshot.duration", Histogram, "s") == (
+        "snapshotd_snapshot_duration_seconds"
+    )
+    assert prometheus_name("snapshotd.journal.up", Gauge, "1") == "snapshotd_journal_up_ratio"
+
+
+def test_alert_rules_pass_promtool_check() -> None:
+    result = _run([_promtool(), "check", "rules", str(PROMETHEUS_DIR / "alerts.yaml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    result = _run([_promtool(), "test", "rules", "alerts.test.yaml"], cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {
+        case["alertname"]
+        for test in _yaml_docs(PROMETHEUS_DIR / "alerts.test.yaml")[0]["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert tested == {rule["alert"] for rule in _alert_rules()}, "an alert is never seen firing"
+
+
+def test_prometheus_config_passes_promtool_check() -> None:
+    result = _run([_promtool(), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_severity_and_a_runbook_in_the_docs() -> None:
+    headings = {
+        line.removeprefix("#### ").strip().lower()
+        for line in OPERATIONS.read_text().splitlines()
+        if line.startswith("#### ")
+    }
+    for rule in _alert_rules():
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["runbook"], rule["alert"]
+        anchor = annotations["runbook_url"].rsplit("#", 1)[1]
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in headings, f"docs/operations.md has no runbook for {rule['alert']}"
+
+
+def test_every_spec_metric_is_on_the_dashboard_and_in_a_rule_or_panel() -> None:
+    exprs = _dashboard_exprs()
+    dashboard_text = "\n".join(e for panel in exprs.values() for e in panel)
+    alert_text = "\n".join(rule["expr"] for rule in _alert_rules())
+    assert len(ALL_SPEC_METRICS) == 20
+    for name, (kind, unit, _extra) in ALL_SPEC_METRICS.items():
+        prom = prometheus_name(name, kind, unit)
+        assert re.search(
+            rf"\b{prom}\b" if kind is not Histogram else rf"\b{prom}_bucket\b", dashboard_text
+        ), f"{name} ({prom}) is on no panel"
+    for family in ("journal_up", "corruption_found", "requests_dropped", "snapshot_skipped"):
+        assert f"snapshotd_{family}" in alert_text, family
+
+
+def test_dashboard_panels_query_known_metrics_with_the_instance_label() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    known = {prometheus_name(n, k, u) for n, (k, u, _) in ALL_SPEC_METRICS.items()}
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance", "snapshotd_instance"} <= variables
+    for title, panel_exprs in _dashboard_exprs().items():
+        assert panel_exprs, title
+        for expr in panel_exprs:
+            names = set(re.findall(r"\bsnapshotd_[a-z_]+", expr)) - {"snapshotd_instance"}
+            for metric in names:
+                family = re.sub(r"_(bucket|count|sum)$", "", metric)
+                assert family in known or family.startswith("snapshotd_savepoints_"), (
+                    f"{title}: unknown metric {metric}"
+                )
+            if names and "snapshotd_connections" not in expr:
+                assert 'snapshotd_instance=~"$snapshotd_instance"' in expr, title
+
+
+def test_compose_provisions_prometheus_and_grafana() -> None:
+    (compose,) = _yaml_docs(COMPOSE_DIR / "docker-compose.yml")
+    services = compose["services"]
+    (collector,) = _yaml_docs(COMPOSE_DIR / "otel-collector.yaml")
+    exporter_port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    (prometheus,) = _yaml_docs(PROMETHEUS_DIR / "prometheus.yml")
+    (scrape,) = prometheus["scrape_configs"]
+    assert scrape["static_configs"][0]["targets"] == [f"otel-collector:{exporter_port}"]
+    assert scrape["honor_labels"] is True
+    mounts = {
+        volume.split(":")[1]: (COMPOSE_DIR / volume.split(":")[0]).resolve()
+        for name in ("prometheus", "grafana")
+        for volume in services[name]["volumes"]
+    }
+    assert mounts["/etc/prometheus/alerts.yaml"] == PROMETHEUS_DIR / "alerts.yaml"
+    (datasources,) = _yaml_docs(mounts["/etc/grafana/provisioning"] / "datasources/prometheus.yaml")
+    assert datasources["datasources"][0]["url"] == "http://prometheus:9090"
+    (providers,) = _yaml_docs(mounts["/etc/grafana/provisioning"] / "dashboards/snapshotd.yaml")
+    path = providers["providers"][0]["options"]["path"]
+    assert (mounts[path] / DASHBOARD.name).exists()
+
+
+# --- packaging -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wheel_carries_license_sql_files_and_no_license_warning(tmp_path: Path) -> None:
+    result = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deprecated" not in result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("snapshotd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    package = ROOT / "service" / "snapshotd"
+    sql = {"snapshotd/" + str(path.relative_to(package)) for path in package.glob("**/*.sql")} | {
+        f"snapshotd/migrations/{p.name}" for p in (ROOT / "migrations").glob("*.sql")
+    }
+    assert sql and sql <= names, sql - names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert b"License-Expression: Apache-2.0" in metadata
+    assert b"Provides-Extra: grpc" in metadata
+    grpc = [line for line in metadata.decode().splitlines() if "otlp-proto-grpc" in line]
+    assert grpc and all(line.endswith('extra == "grpc"') for line in grpc), grpc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from snapshotd.api.client import Client
+from snapshotd.api.client import Client, ClientError
 from tests.support import wait_for
 
 START_TIMEOUT_S = 15.0
@@ -41,6 +42,8 @@ class DaemonProcess:
             self.config_path.write_text(config if config is not None else default_config(self.root))
         self.log_path = self.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        """Extra environment for the next spawn (fault-injection hooks, say)."""
 
     @property
     def pid(self) -> int:
@@ -57,6 +60,7 @@ class DaemonProcess:
                 cwd=self.root,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env={**os.environ, **self.env},
             )
         return self.proc
 
@@ -70,7 +74,9 @@ class DaemonProcess:
             try:
                 with Client(self.socket_path, timeout=2) as client:
                     client.call("ping")
-            except OSError:
+            except ClientError as exc:
+                if exc.code != "unavailable":
+                    raise
                 return False
             return True
 

@@ -388,3 +388,35 @@ def test_bad_events_line_makes_only_that_run_corrupt_after_restart(own: DaemonPr
     assert own.stop() == 0
     assert path.read_bytes() == damaged, "nothing was appended on top of the damage"
     assert "run_corrupt" in own.log()
+
+
+def test_batch_torn_by_kill_9_before_its_fsync_leaves_none_of_its_events(
+    own: DaemonProcess,
+) -> None:
+    _configure(own)
+    own.env = {"FAULT_INJECT_FS": "torn-append"}
+    own.start()
+    with own.client() as client:
+        client.call("create_run", run="r", workflow="wf", version="v1")
+        assert client.call("append", run="r", events=step_events(1))["last_seq"] == 1
+        # The hook writes this batch's lines but its last, then SIGKILLs the daemon.
+        with pytest.raises(ClientError) as cut:
+            client.call("append", run="r", events=step_events(5, 1))
+        assert cut.value.details == {"outcome": "unknown"}
+    assert own.proc is not None
+    assert own.proc.wait(10) == -signal.SIGKILL
+    path = _run_dir(own, "r") / "events.jsonl"
+    assert path.read_bytes().count(b"\n") == 5, "the first four events reached the file"
+
+    own.env = {}
+    own.start()
+    with own.client() as client:
+        assert [e["seq"] for e in load_all(client, "r")] == [1]
+        assert client.call("append", run="r", events=step_events(2, 1), expected_seq=1) == {
+            "last_seq": 3
+        }
+        events = load_all(client, "r")
+        assert [e["seq"] for e in events] == [1, 2, 3]
+        assert [e["data"] for e in events] == [e["data"] for e in step_events(3)]
+    assert own.stop() == 0
+    assert path.read_bytes().count(b"\n") == 3

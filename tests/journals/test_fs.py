@@ -13,9 +13,11 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -23,8 +25,11 @@ from snapshotd.domain import compaction
 from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
 from snapshotd.domain.model import NewEvent
 from snapshotd.domain.reducers import fold, last_by_key
-from snapshotd.journals import fsio
 from snapshotd.journals.fs import FsJournal
+from snapshotd.journals.fs import adapter as adapter_module
+from snapshotd.journals.fs import files as fsfiles
+from snapshotd.journals.fs import log as fslog
+from snapshotd.journals.fs import runs as runs_module
 from tests.support import make_snapshot
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +70,7 @@ def events_file(root: Path, run_id: str) -> Path:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(fsio.TEMP_PREFIX)]
+    return [p for p in root.rglob("*") if p.name.startswith(fsfiles.TEMP_PREFIX)]
 
 
 async def add_run(journal: FsJournal, run_id: str, events: int) -> None:
@@ -123,8 +128,10 @@ async def test_run_directories_sit_in_the_root_beside_its_own_entries(
     assert sorted(p.name for p in root.iterdir() if p.name not in found) == [
         "audit.jsonl",
         "documents",
+        "due.jsonl",
         "format.json",
         "lock",
+        "staging",
     ]
     # Foreign entries in the root are not runs: a file, a non-canonical name, junk.
     (root / "id-zz").mkdir()
@@ -148,7 +155,7 @@ async def test_journal_in_the_old_runs_subdirectory_layout_is_refused(root: Path
     old = {"format": "snapshotd-fs", "schema_version": 1, "fingerprint": "sha256:old"}
     (root / "format.json").write_bytes(orjson.dumps(old))
     (root / "runs").mkdir()
-    with pytest.raises(ConfigError, match="schema_version 2"):
+    with pytest.raises(ConfigError, match="schema_version 3"):
         await FsJournal(root).open()
 
 
@@ -200,7 +207,9 @@ async def test_torn_last_line_ignored_then_overwritten(
 async def test_bad_middle_line_makes_only_that_run_corrupt(
     fs: FsJournal, root: Path, bad: bytes
 ) -> None:
-    await add_run(fs, "damaged", 5)
+    await add_run(fs, "damaged", 0)
+    for seq in range(5):
+        await fs.append("damaged", ev(1), expected_seq=seq, lease=None, now=T0)
     await add_run(fs, "healthy", 5)
     # A snapshot covering the bad line must not hide it: the whole run is corrupt.
     await fs.write_snapshot(
@@ -239,45 +248,63 @@ async def test_bad_middle_line_makes_only_that_run_corrupt(
     await fs.aclose()
 
 
-async def test_damage_found_by_a_read_is_remembered(fs: FsJournal, root: Path) -> None:
+async def test_damage_found_while_running_is_corrupt_at_once_and_remembered(
+    fs: FsJournal, root: Path
+) -> None:
     await add_run(fs, "r", 4)
+    await fs.write_snapshot(make_snapshot("r", await fs.read_events("r", 0)), lease=None)
     assert (await fs.get_run("r")) is not None
     path = events_file(root, "r")
     lines = path.read_bytes().splitlines(keepends=True)
     lines[1] = b"{oops}\n"
     path.write_bytes(b"".join(lines))
-    assert [e.seq for e in await fs.read_events("r", 2)] == [3, 4]
+    # A page after the snapshot does not reach line 2, yet the changed file is checked.
     with pytest.raises(Corrupt, match="line 2"):
-        await fs.read_events("r", 0)
+        await fs.read_event_page("r", 4, 10)
+    with pytest.raises(Corrupt, match="line 2"):
+        await fs.read_events("r", 2)
     with pytest.raises(Corrupt, match="line 2"):
         await fs.append("r", ev(1), expected_seq=4, lease=None, now=T0)
     with pytest.raises(Corrupt, match="line 2"):
-        await fs.read_events("r", 2)
+        await fs.get_run("r")
     assert len(path.read_bytes().splitlines()) == 4
     await fs.aclose()
 
 
-async def test_pages_skip_parsing_only_while_no_one_else_wrote(
-    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("keep_times", [False, True], ids=["touched", "times-restored"])
+async def test_every_line_served_is_checked_against_its_batch(
+    fs: FsJournal, root: Path, keep_times: bool
 ) -> None:
     await add_run(fs, "r", 4)
     await fs.append("r", ev(2), expected_seq=4, lease=None, now=T0)
-    parsed: list[int] = []
-    real_validate = fsio.JsonlLog._validate
+    assert len((await fs.read_event_page("r", 0, 10)).events) == 6
+    path = events_file(root, "r")
+    before = path.stat()
+    data = path.read_bytes()
+    # Same size, still valid JSON, right seq: only the checksum can tell.
+    path.write_bytes(data.replace(b'{"n":2}', b'{"n":7}', 1))
+    if keep_times:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(Corrupt, match=r"line 1: not as written \(batch of lines 1-4"):
+        await fs.read_event_page("r", 0, 10)
+    await fs.aclose()
 
-    def counting(log: fsio.JsonlLog, raws: list[bytes], first: int) -> list[dict[str, Any]]:
-        parsed.append(len(raws))
-        return real_validate(log, raws, first)
 
-    monkeypatch.setattr(fsio.JsonlLog, "_validate", counting)
-    page = await fs.read_event_page("r", 0, 10)
-    assert (len(page.events), parsed) == (6, [])
+@pytest.mark.parametrize(
+    "payload",
+    [b'x"}\n{"id":999,"ok":true}', b"\\", b"\xff\xfe"],
+    ids=["forged-line", "bad-escape", "bad-utf8"],
+)
+async def test_no_page_carries_damaged_bytes(fs: FsJournal, root: Path, payload: bytes) -> None:
+    await add_run(fs, "r", 3)
     path = events_file(root, "r")
     lines = path.read_bytes().splitlines(keepends=True)
-    lines[2] = b"{" + b"x" * (len(lines[2]) - 2) + b"\n"
+    lines[0] = lines[0][:-3] + payload + b"\n"
     path.write_bytes(b"".join(lines))
-    with pytest.raises(Corrupt, match="line 3"):
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match=re.escape(str(path))):
         await fs.read_event_page("r", 0, 10)
+    await fs.aclose()
 
 
 async def test_whole_events_file_is_parsed_once_per_run_per_open(
@@ -287,38 +314,70 @@ async def test_whole_events_file_is_parsed_once_per_run_per_open(
     await add_run(fs, "b", 0)
     fs = await reopen(fs, root)
     checked: list[str] = []
-    real_check = fsio.JsonlLog.check
+    real_check = fslog.JsonlLog.check
 
-    def counting(log: fsio.JsonlLog, fields: tuple[str, ...] = ()) -> None:
+    def counting(log: fslog.JsonlLog) -> None:
         checked.append(Path(log.path).parent.name)
-        real_check(log, fields)
+        real_check(log)
 
-    monkeypatch.setattr(fsio.JsonlLog, "check", counting)
+    monkeypatch.setattr(fslog.JsonlLog, "check", counting)
     for _ in range(3):
         await fs.get_run("a")
         await fs.read_events("a", 0)
         await fs.append("a", ev(1), expected_seq=None, lease=None, now=T0)
-    await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10)
-    assert sorted(checked) == ["id-" + b"a".hex(), "id-" + b"b".hex()]
+    # The sweep reads the index, not the runs.
+    assert await fs.due_runs(datetime(2100, 1, 1, tzinfo=UTC), 10) == ["a"]
+    assert sorted(checked) == ["id-" + b"a".hex()]
     await fs.aclose()
 
 
 @pytest.mark.parametrize(
     "tail",
-    [b'garbage\n{"seq":4,', b'{"seq":9,"type":"x","data":1}\n', b'{"seq":2,"type":"x","data":1}\n'],
-    ids=["garbage-before-torn", "seq-jumps", "seq-repeats"],
+    [
+        b'garbage\n{"seq":4,',
+        b'{"seq":9,"type":"x","data":1}\n',
+        b'{"seq":4,"type":"x","data":1}\n' + b"\0" * 40 + b'"recorded_at":"","crc":"00000000"}\n',
+    ],
+    ids=["garbage-before-torn", "uncommitted-line", "pages-never-written"],
 )
-async def test_bad_line_at_the_end_that_is_not_torn_is_corrupt(
+async def test_torn_batch_at_the_end_is_dropped_then_overwritten(
     fs: FsJournal, root: Path, tail: bytes
 ) -> None:
     await add_run(fs, "r", 3)
-    await add_run(fs, "other", 1)
     with events_file(root, "r").open("ab") as file:
         file.write(tail)
     fs = await reopen(fs, root)
-    with pytest.raises(Corrupt, match="line 4"):
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2, 3]
+    assert await fs.append("r", ev(1), expected_seq=3, lease=None, now=T0) == 4
+    fs = await reopen(fs, root)
+    assert [e.seq for e in await fs.read_events("r", 0)] == [1, 2, 3, 4]
+    await fs.aclose()
+
+
+async def test_a_committed_last_batch_that_changed_is_damage_not_a_tear(
+    fs: FsJournal, root: Path
+) -> None:
+    await add_run(fs, "r", 3)
+    path = events_file(root, "r")
+    path.write_bytes(path.read_bytes().replace(b'"n":2', b'"n":9'))
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match=r"line 1: not as written \(batch of lines 1-3"):
         await fs.get_run("r")
-    with pytest.raises(Corrupt, match="line 4"):
+    await fs.aclose()
+
+
+async def test_only_the_last_batch_can_be_torn(fs: FsJournal, root: Path) -> None:
+    await add_run(fs, "r", 3)
+    await fs.append("r", ev(2), expected_seq=3, lease=None, now=T0)
+    await add_run(fs, "other", 1)
+    path = events_file(root, "r")
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"n":1', b'"n":5')
+    path.write_bytes(b"".join(lines) + b'{"seq":6,')
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match=r"line 1: not as written \(batch of lines 1-3"):
+        await fs.get_run("r")
+    with pytest.raises(Corrupt, match="line 1"):
         await fs.append("r", ev(1), expected_seq=None, lease=None, now=T0)
     assert [e.seq for e in await fs.read_events("other", 0)] == [1]
     await fs.aclose()
@@ -387,37 +446,69 @@ async def test_format_json_written_and_foreign_directory_refused(tmp_path: Path)
     await journal.aclose()
     written = orjson.loads((tmp_path / "new" / "format.json").read_bytes())
     assert written["format"] == "snapshotd-fs"
-    assert written["schema_version"] == 2
+    assert written["schema_version"] == 3
     assert written["fingerprint"].startswith("sha256:")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "important.txt").write_text("keep me")
     with pytest.raises(ConfigError, match=r"format\.json"):
         await FsJournal(foreign).open()
-    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "lock"]
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt"], "no lock left"
 
 
 async def test_leftover_temp_files_removed_on_open(fs: FsJournal, root: Path) -> None:
     await add_run(fs, "r", 2)
     await fs.put_document("ns", "k", b"{}", None)
     await fs.aclose()
-    run_dir = events_file(root, "r").parent
     leftovers = [
-        root / ".tmp-format",
-        root / ".tmp-halfrun" / "run.json",
-        run_dir / ".tmp-runjson",
-        run_dir / "snapshots" / ".tmp-snap",
-        next((root / "documents").iterdir()) / ".tmp-doc",
+        root / "staging" / ".tmp-format",
+        root / "staging" / ".tmp-halfrun" / "snapshots" / "x.snap",
+        root / "staging" / ".tmp-snap",
     ]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
-    assert len(temp_files(root)) == 5
     fs = FsJournal(root)
     await fs.open()
-    assert temp_files(root) == []
+    assert list((root / "staging").iterdir()) == []
     assert await fs.list_runs(None, 10) == ["r"]
     assert await fs.list_snapshots("r") == []
+    await fs.aclose()
+
+
+async def test_start_up_cleanup_never_crosses_a_symlink(
+    fs: FsJournal, root: Path, tmp_path: Path
+) -> None:
+    await add_run(fs, "r", 2)
+    await fs.put_document("ns", "k", b"{}", None)
+    await fs.aclose()
+    outside = tmp_path / "outside"
+    (outside / ".tmp-dir").mkdir(parents=True)
+    (outside / ".tmp-file").write_bytes(b"keep")
+    (outside / ".tmp-dir" / "inner").write_bytes(b"keep")
+    before = sorted(p.relative_to(outside) for p in outside.rglob("*"))
+    run_dir = events_file(root, "r").parent
+    (run_dir / "snapshots").rmdir()
+    (run_dir / "snapshots").symlink_to(outside)
+    namespace = next((root / "documents").iterdir())
+    for doc in namespace.iterdir():
+        doc.unlink()
+    namespace.rmdir()
+    namespace.symlink_to(outside)
+    (root / "staging" / ".tmp-link").symlink_to(outside)
+    (root / "staging" / ".tmp-dirlink").symlink_to(outside / ".tmp-dir")
+    fs = FsJournal(root)
+    await fs.open()
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before
+    assert list((root / "staging").iterdir()) == []
+    # The symlinked places are damage of that run and that document, never followed.
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.get_run("r")
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.get_document("ns", "k")
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.put_document("ns", "k", b"{}", 1)
+    assert sorted(p.relative_to(outside) for p in outside.rglob("*")) == before
     await fs.aclose()
 
 
@@ -483,7 +574,7 @@ async def test_pages_from_any_position_after_restart(fs: FsJournal, root: Path) 
 async def test_append_of_10000_events_is_one_write_and_one_fsync(
     fs: FsJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await add_run(fs, "r", 0)
+    await add_run(fs, "r", 1)
     calls: dict[str, int] = {"pwrite": 0, "write": 0, "fsync": 0}
     real_pwrite, real_write, real_fsync = os.pwrite, os.write, os.fsync
 
@@ -497,7 +588,7 @@ async def test_append_of_10000_events_is_one_write_and_one_fsync(
     monkeypatch.setattr(os, "pwrite", counting("pwrite", real_pwrite))
     monkeypatch.setattr(os, "write", counting("write", real_write))
     monkeypatch.setattr(os, "fsync", counting("fsync", real_fsync))
-    assert await fs.append("r", ev(10_000), expected_seq=0, lease=None, now=T0) == 10_000
+    assert await fs.append("r", ev(10_000), expected_seq=1, lease=None, now=T0) == 10_001
     monkeypatch.undo()
     assert calls == {"pwrite": 1, "write": 0, "fsync": 1}
 
@@ -606,3 +697,196 @@ async def test_kill_9_loses_no_acknowledged_write(root: Path) -> None:
         finally:
             await journal.aclose()
     assert time.monotonic() - started < 20
+
+
+# locked down -----------------------------------------------------------------------
+
+
+async def test_files_are_private_and_directories_owner_only(root: Path) -> None:
+    old_umask = os.umask(0)
+    try:
+        journal = FsJournal(root)
+        await journal.open()
+        await add_run(journal, "r", 2)
+        events = await journal.read_events("r", 0)
+        await journal.write_snapshot(make_snapshot("r", events), lease=None)
+        await journal.set_version("r", "v2")
+        await journal.put_document("ns", "k", b"{}", None)
+        await journal.append_audit("x", {}, T0)
+        await journal.aclose()
+    finally:
+        os.umask(old_umask)
+    modes = {p.relative_to(root): p.stat().st_mode & 0o777 for p in root.rglob("*")}
+    assert modes, "the journal holds files"
+    for path, mode in modes.items():
+        expected = 0o700 if (root / path).is_dir() else 0o600
+        assert mode == expected, (path, oct(mode))
+    assert root.stat().st_mode & 0o777 == 0o700
+
+
+async def test_append_never_writes_through_a_symlinked_events_file(
+    fs: FsJournal, root: Path, tmp_path: Path
+) -> None:
+    await add_run(fs, "r", 2)
+    path = events_file(root, "r")
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+    before = target.read_bytes()
+    # Cached or reopened: either way the link is refused and the run is corrupt.
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.append("r", ev(1), expected_seq=2, lease=None, now=T0)
+    fs = await reopen(fs, root)
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.append("r", ev(1), expected_seq=2, lease=None, now=T0)
+    with pytest.raises(Corrupt, match="symbolic link"):
+        await fs.read_event_page("r", 0, 10)
+    assert target.read_bytes() == before
+    await fs.aclose()
+
+
+@pytest.mark.parametrize("what", ["run-dir", "run.json", "snapshots"])
+async def test_a_symlink_where_a_run_file_belongs_makes_that_run_corrupt(
+    fs: FsJournal, root: Path, tmp_path: Path, what: str
+) -> None:
+    await add_run(fs, "r", 2)
+    await add_run(fs, "other", 1)
+    run_dir = events_file(root, "r").parent
+    copy = tmp_path / "copy"
+    os.rename(run_dir, copy)
+    run_dir.mkdir()
+    for item in copy.iterdir():
+        os.rename(item, run_dir / item.name)
+    place = {
+        "run-dir": run_dir,
+        "run.json": run_dir / "run.json",
+        "snapshots": run_dir / "snapshots",
+    }[what]
+    moved = tmp_path / "moved"
+    os.rename(place, moved)
+    place.symlink_to(moved)
+    fs = await reopen(fs, root)
+    assert "r" in await fs.list_runs(None, 10)
+    with pytest.raises(Corrupt, match=re.escape(str(place)) + ": a symbolic link"):
+        await fs.get_run("r")
+    assert [e.seq for e in await fs.read_events("other", 0)] == [1]
+    await fs.aclose()
+
+
+async def test_a_symlinked_snapshot_file_is_set_aside(
+    fs: FsJournal, root: Path, tmp_path: Path
+) -> None:
+    await add_run(fs, "r", 2)
+    made = make_snapshot("r", await fs.read_events("r", 0))
+    await fs.write_snapshot(made, lease=None)
+    snap = events_file(root, "r").parent / "snapshots" / f"{made.meta.snapshot_id}.snap"
+    os.rename(snap, tmp_path / "outside.snap")
+    snap.symlink_to(tmp_path / "outside.snap")
+    fs = await reopen(fs, root)
+    assert await fs.list_snapshots("r") == []
+    assert "symbolic link" in (await fs.damaged_snapshots("r"))[made.meta.snapshot_id]
+    await fs.aclose()
+
+
+@pytest.mark.parametrize("what", ["staging", "documents", "format.json"])
+async def test_the_roots_own_entries_must_not_be_symlinks(
+    root: Path, tmp_path: Path, what: str
+) -> None:
+    journal = FsJournal(root)
+    await journal.open()
+    await journal.aclose()
+    place = root / what
+    moved = tmp_path / "moved"
+    os.rename(place, moved)
+    place.symlink_to(moved)
+    with pytest.raises(
+        ConfigError, match=re.escape(str(place)) if what != "format.json" else "format"
+    ):
+        await FsJournal(root).open()
+
+
+# at scale --------------------------------------------------------------------------
+
+
+async def test_run_cache_is_bounded_and_evicts_least_recently_used(root: Path) -> None:
+    journal = FsJournal(root, cached_runs=3)
+    await journal.open()
+    for n in range(6):
+        await add_run(journal, f"r{n}", 1)
+    assert len(journal._runs) == 3
+    for n in range(6):
+        run = await journal.get_run(f"r{n}")
+        assert run is not None
+        assert run.last_seq == 1
+        assert len(journal._runs) <= 3
+    assert journal._runs.get("r5") is not None
+    assert journal._runs.get("r0") is None
+    await journal.aclose()
+
+
+async def test_a_run_being_written_is_never_evicted(root: Path) -> None:
+    journal = FsJournal(root, cached_runs=1)
+    await journal.open()
+    await add_run(journal, "busy", 1)
+    files = journal._runs.get("busy")
+    assert files is not None
+    async with files.lock:
+        await add_run(journal, "other", 1)
+        assert journal._runs.get("busy") is files
+    # Writes to one run share one lock and one log whatever else is loaded meanwhile.
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(
+                partial(journal.append, "busy", ev(1), expected_seq=None, lease=None, now=T0)
+            )
+            tg.start_soon(journal.get_run, f"{'other' if n % 2 else 'busy'}")
+    assert [e.seq for e in await journal.read_events("busy", 0)] == list(range(1, 22))
+    await journal.aclose()
+
+
+async def test_sweep_reads_no_run_and_survives_restart(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        await add_run(fs, f"r{n}", n)
+    made = make_snapshot("r3", await fs.read_events("r3", 0))
+    await fs.write_snapshot(made, lease=None)
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r4"]
+    fs = await reopen(fs, root)
+    loads: list[str] = []
+    real = runs_module.load_run
+    monkeypatch.setattr(
+        adapter_module, "load_run", lambda *a, **k: loads.append(a[2]) or real(*a, **k)
+    )
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r4"]
+    assert await fs.due_runs(T0, 10) == []
+    assert len(await fs.due_runs(later, 2)) == 2
+    assert loads == []
+    await fs.append("r3", ev(1), expected_seq=3, lease=None, now=T0)
+    assert "r3" in await fs.due_runs(later, 10)
+    await fs.aclose()
+
+
+async def test_a_lost_index_is_rebuilt_and_a_stale_entry_heals(fs: FsJournal, root: Path) -> None:
+    for n in range(4):
+        await add_run(fs, f"r{n}", n)
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    await fs.aclose()
+    (root / "due.jsonl").unlink()
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()
+    # A crash between the index record and the events: the index names a run with nothing new.
+    with (root / "due.jsonl").open("ab") as index:
+        index.write(b'["r0",1.0]\n["r1",')
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r0", "r1", "r2", "r3"]
+    assert (await fs.get_run("r0")) is not None  # looking at the run corrects the index
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()
+    (root / "due.jsonl").write_bytes(b"not an index\n")
+    fs = await reopen(fs, root)
+    assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()

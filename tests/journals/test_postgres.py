@@ -220,8 +220,8 @@ async def test_damaged_event_row_is_corrupt(journal: PostgresJournal, url: str) 
 async def test_notify_reaches_watch_appends_and_survives_lost_connection(
     journal: PostgresJournal, url: str
 ) -> None:
-    await journal.create_run("a", "w", "v1", None, T0)
-    await journal.create_run("b", "w", "v1", None, T0)
+    for run_id in "abc":
+        await journal.create_run(run_id, "w", "v1", None, T0)
     send, receive = anyio.create_memory_object_stream[str](100)
     gaps = 0
 
@@ -251,8 +251,8 @@ async def test_notify_reaches_watch_appends_and_survives_lost_connection(
             )
             assert killed.stdout.strip() == "1"
             assert await receive.receive() == "<gap>"
-            await journal.append("b", [NewEvent("t", 1)], expected_seq=None, lease=None, now=T0)
-            assert await receive.receive() == "b"
+            await journal.append("c", [NewEvent("t", 1)], expected_seq=None, lease=None, now=T0)
+            assert await receive.receive() == "c"
             tg.cancel_scope.cancel()
         assert receive.statistics().current_buffer_used == 0
     assert gaps == 1

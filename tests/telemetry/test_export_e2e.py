@@ -8,6 +8,8 @@ not disturb the daemon.
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from tests.telemetry.otlp import (
     otlp_http_receiver,
     running_daemon,
 )
-from tests.telemetry.test_instruments import SPEC_METRICS
+from tests.telemetry.test_instruments import POSTGRES_ONLY, SPEC_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +129,8 @@ def sums(points: dict[tuple[str, Any], Point], metric: str, by: str | None = Non
 
 def check_every_spec_metric(points: dict[tuple[str, Any], Point]) -> None:
     for name, (kind, unit, extra) in SPEC_METRICS.items():
+        if name in POSTGRES_ONLY:
+            continue
         arrived = [p for (metric, _), p in points.items() if metric == name]
         assert arrived, f"{name} was not exported"
         for point in arrived:
@@ -231,6 +235,68 @@ def test_grpc_protocol(tmp_path: Path) -> None:
     (span,) = [s for s in received.spans() if s["name"] == "snapshot"]
     assert span["attributes"]["snapshotd.through_seq"] == 3
     assert set(received.paths) == {"grpc:metrics", "grpc:traces"}
+
+
+def test_traces_exporter_none_sends_metrics_and_no_spans(tmp_path: Path) -> None:
+    with otlp_http_receiver() as (endpoint, received):
+        otel_env = {**fast_export(endpoint), "OTEL_TRACES_EXPORTER": "none"}
+        with running_daemon(tmp_path, config(tmp_path), otel_env) as daemon:
+            client = SocketClient(daemon.socket_path)
+            client.call("create_run", run="r1", workflow="order", version="v1")
+            client.call("append", run="r1", events=events(3))
+            assert client.call("snapshot_now", run="r1")["status"] == "taken"
+            wait_for(lambda: received.metric_exports() >= 2, 5, what="two metric exports")
+            client.close()
+            assert daemon.stop()[0] == 0
+    assert sums(received.latest_points(), "snapshotd.snapshot.taken", "kind")["manual"] == 1
+    assert received.spans() == []
+    assert set(received.paths) == {"/v1/metrics"}
+    # Logs are not an exporter: the snapshot line is still on stderr, without a trace id.
+    (line,) = [line for line in daemon.log_lines() if line["event"] == "snapshot_taken"]
+    assert line["trace_id"] is None
+
+
+@pytest.mark.postgres
+def test_journal_health_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
+    """A lost LISTEN connection is counted as a reconnect; the journal stays up."""
+    schema = f"otel_{secrets.token_hex(4)}"
+    toml = config(tmp_path).replace('"memory:"', f'"{pg_dsn}?schema={schema}"')
+    with (
+        otlp_http_receiver() as (endpoint, received),
+        running_daemon(tmp_path, toml, fast_export(endpoint)) as daemon,
+    ):
+        client = SocketClient(daemon.socket_path)
+        client.call("create_run", run="r1", workflow="order", version="v1")
+        client.call("append", run="r1", events=events(3))
+        # The append's notification, or this request, takes the snapshot.
+        assert client.call("snapshot_now", run="r1", force=True)["status"] in ("taken", "skipped")
+        assert client.call("list_snapshots", run="r1")["snapshots"]
+        killed = subprocess.run(
+            [
+                "psql",
+                pg_dsn,
+                "-qAt",
+                "-c",
+                "select count(pg_terminate_backend(pid)) from "
+                "pg_stat_activity where application_name = 'snapshotd-listen' "
+                "and datname = current_database()",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert killed.stdout.strip() == "1", killed.stderr
+
+        def reconnected() -> bool:
+            return sums(received.latest_points(), "snapshotd.journal.reconnects") == 1
+
+        wait_for(reconnected, 10, what="one journal reconnect exported")
+        points = received.latest_points()
+        assert sums(points, "snapshotd.journal.up") == 1
+        assert sums(points, "snapshotd.corruption.found") == 0
+        client.close()
+        assert daemon.stop()[0] == 0
 
 
 @contextmanager

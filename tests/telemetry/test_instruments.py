@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from snapshotd.domain.model import SNAPSHOT_KINDS
 from snapshotd.domain.policies import SKIP_REASONS
+from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import DURATION_BUCKETS_S, instance_telemetry, rejected
 from tests.telemetry.conftest import Captured, record_skipped, record_taken
 
@@ -35,7 +36,21 @@ SPEC_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
     "snapshotd.queue.depth": (Gauge, "{request}", frozenset()),
     "snapshotd.actor.restarts": (Sum, "{restart}", frozenset()),
     "snapshotd.run.lag": (Histogram, "{event}", frozenset()),
+    "snapshotd.journal.up": (Gauge, "1", frozenset()),
+    "snapshotd.journal.reconnects": (Sum, "{reconnect}", frozenset()),
+    "snapshotd.corruption.found": (Sum, "{object}", frozenset({"object"})),
+    "snapshotd.slices.owned": (Gauge, "{slice}", frozenset()),
 }
+POSTGRES_ONLY = frozenset({"snapshotd.slices.owned"})
+"""Not exported by a daemon on a memory or fs journal."""
+SERVER_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
+    "snapshotd.request.duration": (Histogram, "s", frozenset({"op"})),
+    "snapshotd.connections": (Gauge, "{connection}", frozenset()),
+    "snapshotd.connections.refused": (Sum, "{connection}", frozenset({"reason"})),
+}
+"""Recorded by the socket server itself (tests/api checks them)."""
+ALL_SPEC_METRICS = {**SPEC_METRICS, **SERVER_METRICS}
+"""Every metric of SPEC section 6."""
 
 
 def values(metric: Metric) -> dict[tuple[tuple[str, Any], ...], Any]:
@@ -59,6 +74,11 @@ def record_everything(instance: str) -> None:
     tel.pruned(2)
     record_taken(tel, "run-1")
     record_skipped(tel, "run-2", "below_threshold")
+    health = JournalHealth(instance)
+    health.watch_up(lambda: True)
+    health.watch_slices(lambda: 4)
+    health.reconnected()
+    health.corruption_found("snapshot")
 
 
 def test_every_spec_metric_has_its_kind_unit_and_attributes(otel: Captured) -> None:

@@ -65,6 +65,7 @@ def compact(
     kind: SnapshotKind,
     now: datetime,
     safety_ttl_s: float,
+    label: str | None = None,
 ) -> Compacted:
     """Fold ``tail`` onto ``base`` (None: from the empty state) into a new snapshot.
 
@@ -88,5 +89,6 @@ def compact(
         pinned=False,
         created_at=now,
         expires_at=now + timedelta(seconds=safety_ttl_s) if kind == "safety" else None,
+        label=label,
     )
     return Compacted(Snapshot(meta, payload), len(tail))

@@ -22,6 +22,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+NEVER_SEQ = 2**63 - 1
+"""``DuePoint.due_seq`` of a run never due by count (threshold ``"infinity"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DuePoint:
+    """When a run is next due, as a daemon recorded it in the journal (sweeps, NOTIFY).
+
+    ``snap_seq`` is the ``through_seq`` of the base it was computed from (0: none);
+    the run is due by count once ``last_seq >= due_seq``, and by time from
+    ``due_at`` on (None: no interval) once an event follows ``snap_seq``.
+    """
+
+    snap_seq: int
+    due_seq: int
+    due_at: datetime | None
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
@@ -30,6 +48,8 @@ class Run:
     lease: str | None
     last_seq: int
     created_at: datetime
+    due: DuePoint | None = None
+    """The recorded due point (None: no daemon has recorded one, or the journal keeps none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +86,7 @@ class SnapshotMeta:
     pinned: bool
     created_at: datetime
     expires_at: datetime | None
+    label: str | None = None
 
     def order_key(self) -> tuple[int, datetime, str]:
         """Newest-first ordering of SPEC section 1: by through_seq, then created_at."""
@@ -85,7 +106,16 @@ class SnapshotMeta:
             "pinned": self.pinned,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
+            "label": self.label,
         }
+
+    def listing(self) -> dict[str, Any]:
+        """What ``list_snapshots`` shows: the metadata plus ``stored_bytes``.
+
+        ``stored_bytes`` is what storing the snapshot cost; every journal stores a
+        snapshot whole today, so it equals ``size_bytes``.
+        """
+        return {**self.to_json(), "stored_bytes": self.size_bytes}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +124,22 @@ class Snapshot:
 
     meta: SnapshotMeta
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One row of ``list_runs``: a run and its newest compatible snapshot, if any.
+
+    The journal fills ``snapshot_id``/``snapshot_through_seq`` from metadata alone;
+    the runtime replaces a snapshot it knows to be damaged by the next older one.
+    """
+
+    run_id: str
+    workflow: str
+    version: str
+    last_seq: int
+    snapshot_id: str | None
+    snapshot_through_seq: int | None
 
 
 @dataclass(frozen=True, slots=True)

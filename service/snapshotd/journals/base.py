@@ -15,7 +15,16 @@ from typing import Any, Final, Protocol, runtime_checkable
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.domain.model import (
+    AuditEntry,
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
 
 
 class _Unset:
@@ -97,6 +106,18 @@ class Journal(Protocol):
 
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
         """Run ids in ascending order after ``after``, for sweeps and tools."""
+        ...
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        """At most ``limit`` runs with ids after ``after`` (of ``workflow`` only, when
+        given), ascending in the byte order of their UTF-8 ids, each with its newest
+        snapshot of the run's version at or below its ``last_seq`` (``list_runs``).
+
+        Costs in proportion to ``limit`` (plus, for an fs journal with ``workflow``,
+        the runs of other workflows passed over), not to all runs.
+        """
         ...
 
     # events ---------------------------------------------------------------
@@ -183,6 +204,55 @@ class Journal(Protocol):
 
         Returns the new version; raises Conflict when another writer got there first.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DueRun:
+    """A run found by a sweep, with the time it became due (its place in the order)."""
+
+    due_at: datetime
+    run_id: str
+
+
+FIRST_RETRY_S: Final = 1.0
+"""Back-off after a run's first failed attempt; it doubles with every further one."""
+
+
+@runtime_checkable
+class SchedulesSweeps(Protocol):
+    """A journal that keeps each run's due point, so sweeps cost what is due (SPEC 1).
+
+    A run is due when it has events and: no daemon recorded its due point yet, or
+    ``last_seq`` reached ``due_seq``, or ``due_at`` passed and an event follows
+    ``snap_seq``. It becomes due at the append that makes it so (by count), at
+    ``due_at`` (by time), or at once when unseen; a back-off after failures pushes
+    that later. ``get_run`` returns the recorded point in ``Run.due``.
+    """
+
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        """Runs due at ``now`` after ``after`` in (due time, run id) order, at most ``limit``.
+
+        Costs in proportion to the runs returned (an index on the due time), never
+        to all runs.
+        """
+        ...
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        """Record the run's next due point; NotFound when the run is gone.
+
+        Ignored when it would go backwards (a recorded ``snap_seq`` above
+        ``point.snap_seq``) or, unless ``snapshotted`` (this daemon just wrote the
+        base), when a point is already recorded for the same ``snap_seq``: the due
+        point follows whichever daemon snapshotted the run last. ``snapshotted``
+        also ends a back-off. A version change or a lease change (the run was
+        restarted) forgets the point and the back-off.
+        """
+        ...
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        """Back the run off after a failed attempt: ``FIRST_RETRY_S`` after the first
+        failure, doubling with every further one, at most ``max_delay_s``."""
         ...
 
 

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from snapshotd.domain.errors import Conflict, NotFound, StaleLease, Superseded
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
+from snapshotd.domain.model import (
+    AuditEntry,
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+    utcnow,
+)
 from snapshotd.domain.policies import newest_first
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
 from snapshotd.journals.records import event_json
 
 
@@ -24,6 +34,30 @@ class _RunState:
     events: list[Event] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    ready_at: datetime | None = None
+    """When the run became due (see ``SchedulesSweeps``); None: not due."""
+    failures: int = 0
+    retry_at: datetime | None = None
+
+    def sweep_at(self) -> datetime | None:
+        if self.ready_at is None:
+            return None
+        return self.ready_at if self.retry_at is None else max(self.ready_at, self.retry_at)
+
+    def became_due(self, at: datetime) -> None:
+        self.ready_at = at if self.ready_at is None else min(self.ready_at, at)
+
+    def reschedule(self, now: datetime) -> None:
+        """Recompute ``ready_at`` from the recorded point (after it changed)."""
+        due, last = self.run.due, self.run.last_seq
+        if due is None:
+            self.ready_at = now if last > 0 else None
+        elif last >= due.due_seq:
+            self.ready_at = now
+        elif due.due_at is not None and last > due.snap_seq:
+            self.ready_at = due.due_at
+        else:
+            self.ready_at = None
 
 
 class MemoryJournal:
@@ -67,7 +101,10 @@ class MemoryJournal:
 
     async def set_version(self, run_id: str, version: str) -> None:
         state = self._state(run_id)
-        state.run = replace(state.run, version=version)
+        if version != state.run.version:
+            state.run = replace(state.run, version=version, due=None)
+            state.failures, state.retry_at = 0, None
+            state.reschedule(utcnow())
 
     async def set_lease(
         self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
@@ -75,11 +112,45 @@ class MemoryJournal:
         state = self._state(run_id)
         if not isinstance(expected, _Unset) and expected != state.run.lease:
             raise Conflict(f"run {run_id!r} has another lease than expected")
+        if lease != state.run.lease:
+            state.failures, state.retry_at = 0, None
         state.run = replace(state.run, lease=lease)
 
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
         ids = sorted(r for r in self._runs if after is None or r > after)
         return ids[:limit]
+
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # str order is code point order, which is the byte order of UTF-8.
+        summaries: list[RunSummary] = []
+        for run_id in sorted(r for r in self._runs if after is None or r > after):
+            if len(summaries) >= limit:
+                break
+            state = self._runs[run_id]
+            run = state.run
+            if workflow is not None and run.workflow != workflow:
+                continue
+            newest = next(
+                (
+                    m
+                    for m in newest_first(s.meta for s in state.snapshots.values())
+                    if m.version == run.version and m.through_seq <= run.last_seq
+                ),
+                None,
+            )
+            summaries.append(
+                RunSummary(
+                    run_id,
+                    run.workflow,
+                    run.version,
+                    run.last_seq,
+                    None if newest is None else newest.snapshot_id,
+                    None if newest is None else newest.through_seq,
+                )
+            )
+        return summaries
 
     async def append(
         self,
@@ -105,6 +176,11 @@ class MemoryJournal:
             state.events.append(Event(seq, new.type, new.data, now))
             state.raw.append(event_json(seq, new.type, new.data, now))
         state.run = replace(run, last_seq=seq)
+        due = run.due
+        if due is None or seq >= due.due_seq:
+            state.became_due(now)
+        elif due.due_at is not None and seq > due.snap_seq:
+            state.became_due(due.due_at)
         return seq
 
     async def read_events(
@@ -157,6 +233,35 @@ class MemoryJournal:
         self._runs[run_id].snapshots[snapshot_id] = replace(
             snap, meta=replace(snap.meta, pinned=pinned)
         )
+
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        found = []
+        for run_id, state in self._runs.items():
+            at = state.sweep_at()
+            if at is not None and at <= now:
+                item = DueRun(at, run_id)
+                if after is None or item > after:
+                    found.append(item)
+        found.sort()
+        return found[:limit]
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        state = self._state(run_id)
+        old = state.run.due
+        if old is not None and (
+            old.snap_seq > point.snap_seq or (old.snap_seq == point.snap_seq and not snapshotted)
+        ):
+            return
+        state.run = replace(state.run, due=point)
+        if snapshotted:
+            state.failures, state.retry_at = 0, None
+        state.reschedule(utcnow())
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        state = self._state(run_id)
+        delay = min(max_delay_s, FIRST_RETRY_S * 2 ** min(state.failures, 30))
+        state.failures += 1
+        state.retry_at = now + timedelta(seconds=delay)
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
         due: list[str] = []

@@ -53,4 +53,5 @@ def meta_from_json(obj: dict[str, Any]) -> SnapshotMeta:
         pinned=bool(obj["pinned"]),
         created_at=parse_time(obj["created_at"]),
         expires_at=None if expires is None else parse_time(expires),
+        label=obj.get("label"),
     )

@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import SnapshotdError
 from snapshotd.domain.model import utcnow
-from snapshotd.journals.base import WatchesAppends
+from snapshotd.journals.base import DueRun, SchedulesSweeps, WatchesAppends
 from snapshotd.runtime.instance import Instance
 from snapshotd.runtime.mailbox import Job, MailboxClosed
 
@@ -35,6 +35,8 @@ HEALTHY_AFTER_S = 30.0
 """A loop that ran this long before crashing restarts with the initial delay again."""
 
 SWEEP_MAX_PERIOD_S = 60.0
+SWEEP_FOLLOW_UP_S = 1.0
+"""How soon a sweep whose page filled the mailbox looks for the next page."""
 
 
 async def run_instance(
@@ -57,7 +59,7 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
-                    await journal.watch_appends(instance.trigger, instance.request_sweep)
+                    await journal.watch_appends(instance.trigger, instance.journal_reconnected)
 
                 tg.start_soon(supervise, instance, "watcher", watch)
 
@@ -136,13 +138,48 @@ async def actor_loop(instance: Instance) -> None:
 
 async def sweep_loop(instance: Instance) -> None:
     """Every ``min(60, interval)`` seconds (and on request after a notification gap),
-    queue the runs the journal says are due as internal checks."""
+    queue the runs the journal says are due as internal checks.
+
+    A journal that keeps due points (``SchedulesSweeps``) is paged oldest-due first,
+    as much as the mailbox has room for; while pages come back full the next look
+    follows after ``SWEEP_FOLLOW_UP_S``, from where the last page ended.
+    """
+    journal = instance.journal
     interval = instance.sweep_interval_s()
+    if isinstance(journal, SchedulesSweeps):
+        every = min(SWEEP_MAX_PERIOD_S, interval or SWEEP_MAX_PERIOD_S)
+        cursor: DueRun | None = None
+        while True:
+            cursor = await sweep_due(instance, journal, cursor)
+            await instance.wait_sweep_request(every if cursor is None else SWEEP_FOLLOW_UP_S)
     period = None if interval is None else min(SWEEP_MAX_PERIOD_S, interval)
     gap = False
     while True:
         await sweep_once(instance, interval, gap=gap)
         gap = await instance.wait_sweep_request(period if period is not None else math.inf)
+
+
+async def sweep_due(
+    instance: Instance, journal: SchedulesSweeps, cursor: DueRun | None
+) -> DueRun | None:
+    """Queue one page of due runs; returns where to continue (None: from the oldest).
+
+    Continuing only makes sense while earlier pages still wait in the mailbox: once
+    it has drained, the oldest due runs are the ones to look at again.
+    """
+    if not len(instance.mailbox):
+        cursor = None
+    room = instance.mailbox.capacity - len(instance.mailbox)
+    if room <= 0:
+        return cursor
+    try:
+        page = await journal.sweep_due(utcnow(), room, cursor)
+    except (SnapshotdError, OSError) as exc:
+        _log.warning("sweep_failed", instance=instance.name, error=f"{type(exc).__name__}: {exc}")
+        return None
+    for due in page:
+        instance.trigger(due.run_id)
+    return page[-1] if len(page) == room else None
 
 
 async def sweep_once(instance: Instance, interval: float | None, *, gap: bool) -> int:

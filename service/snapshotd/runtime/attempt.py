@@ -64,6 +64,17 @@ class AttemptContext(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """The run as the attempt found it and the base its decision counted from."""
+
+    run: Run
+    policy: Policy
+    base_seq: int
+    base_at: datetime
+    snapshotted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How an attempt ended: ``reason`` None means a snapshot was taken (``meta``)."""
 
@@ -73,6 +84,10 @@ class Outcome:
     lag: int | None = None
     through_seq: int | None = None
     error: BaseException | None = None
+    seen: Seen | None = None
+    details: dict[str, int] | None = None
+    """What the skip reason needs to be acted on (``too_large``: ``size_bytes`` and
+    ``max_snapshot_bytes``), for the audit entry, the log line and the span."""
 
     @property
     def taken(self) -> bool:
@@ -96,6 +111,22 @@ class _Progress:
 
     lag: int | None = None
     through_seq: int | None = None
+    seen: Seen | None = None
+
+    def outcome(
+        self,
+        reason: SkipReason,
+        error: BaseException | None = None,
+        details: dict[str, int] | None = None,
+    ) -> Outcome:
+        return Outcome(
+            reason,
+            lag=self.lag,
+            through_seq=self.through_seq,
+            error=error,
+            seen=self.seen,
+            details=details,
+        )
 
 
 async def attempt(
@@ -105,15 +136,17 @@ async def attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None = None,
 ) -> Outcome:
     """Try to snapshot ``run_id``; never raises except on cancellation.
 
     ``lease``: the requester's lease (None: not checked). ``kind="safety"`` implies
-    ``force`` and records a snapshot even when no event follows the base.
+    ``force`` and records a snapshot even when no event follows the base. ``label``
+    is kept with the snapshot taken.
     """
     progress = _Progress()
     try:
-        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, progress)
+        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, label, progress)
     except Corrupt as exc:
         await ctx.reporter.report_run(run_id, exc)
         return _failed("journal_error", exc, progress)
@@ -134,7 +167,7 @@ async def attempt(
 
 
 def _failed(reason: SkipReason, error: BaseException | None, progress: _Progress) -> Outcome:
-    return Outcome(reason, lag=progress.lag, through_seq=progress.through_seq, error=error)
+    return progress.outcome(reason, error)
 
 
 async def _attempt(
@@ -143,6 +176,7 @@ async def _attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None,
     progress: _Progress,
 ) -> Outcome:
     journal = ctx.journal
@@ -158,24 +192,26 @@ async def _attempt(
     candidates = drop_known_corrupt(run_id, listed, ctx.reporter)
     newest = candidates[0] if candidates else None
     progress.lag = run.last_seq - (newest.through_seq if newest else 0)
+    progress.seen = _seen(run, policy, newest)
     if not force:
         reason = _decide(policy, run, newest, now, force=False)
         if reason is not None:
-            return Outcome(reason, lag=progress.lag)
+            return progress.outcome(reason)
 
     await report_damaged(journal, run_id, ctx.reporter)
     base = await newest_valid(journal, run, candidates, ctx.reporter)
     base_meta = None if base is None else base.meta
     if (base_meta and base_meta.snapshot_id) != (newest and newest.snapshot_id):
         progress.lag = run.last_seq - (base_meta.through_seq if base_meta else 0)
+        progress.seen = _seen(run, policy, base_meta)
     reason = _decide(policy, run, base_meta, now, force=force)
     if reason is not None and not (reason == "no_events" and kind == "safety"):
-        return Outcome(reason, lag=progress.lag)
+        return progress.outcome(reason)
 
     base_seq = 0 if base_meta is None else base_meta.through_seq
     tail = await journal.read_events(run_id, base_seq)
     if not tail and kind != "safety":
-        return Outcome("no_events", lag=progress.lag)
+        return progress.outcome("no_events")
     compacted = compaction.compact(
         run_id=run_id,
         version=run.version,
@@ -186,16 +222,28 @@ async def _attempt(
         kind=kind,
         now=now,
         safety_ttl_s=policy.safety_ttl_s,
+        label=label,
     )
     meta = compacted.snapshot.meta
     progress.through_seq = meta.through_seq
     if not fits(policy, meta.size_bytes):
-        return Outcome("too_large", lag=progress.lag, through_seq=meta.through_seq)
+        sizes = {"size_bytes": meta.size_bytes, "max_snapshot_bytes": policy.max_snapshot_bytes}
+        return progress.outcome("too_large", details=sizes)
     if kind != "safety":
         await _clear_corrupt_blockers(ctx, listed, meta)
     await journal.write_snapshot(compacted.snapshot, lease=lease)
     await _retain(ctx, run, policy, now)
-    return Outcome(None, meta, compacted.events_folded, progress.lag, meta.through_seq)
+    if kind != "safety":
+        progress.seen = Seen(run, policy, meta.through_seq, meta.created_at, snapshotted=True)
+    return Outcome(
+        None, meta, compacted.events_folded, progress.lag, meta.through_seq, seen=progress.seen
+    )
+
+
+def _seen(run: Run, policy: Policy, base: SnapshotMeta | None) -> Seen:
+    if base is None:
+        return Seen(run, policy, 0, run.created_at)
+    return Seen(run, policy, base.through_seq, base.created_at)
 
 
 def _decide(

@@ -111,6 +111,7 @@ async def open_daemon(
             stack.push_async_callback(_close_journal, name, journal)
             instance = Instance(inst_config, journal, config.workflows, reducers, upgrades)
             stack.callback(instance.telemetry.forget)
+            stack.callback(instance.health.forget)
             instances[name] = instance
         daemon = Daemon(instances)
         for instance in instances.values():

@@ -34,9 +34,12 @@ class CorruptionReporter:
     """Remembers damaged snapshots and runs so each is reported once (snapshots are
     also skipped cheaply)."""
 
-    def __init__(self, instance: str, audit: AuditFn) -> None:
+    def __init__(
+        self, instance: str, audit: AuditFn, found: Callable[[str], None] | None = None
+    ) -> None:
         self._instance = instance
         self._audit = audit
+        self._found = found
         self._known: set[tuple[str, str]] = set()
         self._runs: set[str] = set()
 
@@ -50,6 +53,8 @@ class CorruptionReporter:
         if len(self._known) >= _MAX_REMEMBERED:
             self._known.clear()
         self._known.add(key)
+        if self._found is not None:
+            self._found("snapshot")
         _log.error(
             "snapshot_corrupt",
             instance=self._instance,
@@ -61,13 +66,19 @@ class CorruptionReporter:
             "snapshot_corrupt", run_id=run_id, snapshot_id=snapshot_id, error=str(error)
         )
 
-    async def report_run(self, run_id: str, error: Corrupt) -> None:
-        """Report that the run's own data is damaged (log line + ``run_corrupt`` audit)."""
+    async def report_run(self, run_id: str, error: Corrupt, obj: str = "run") -> None:
+        """Report that the run's own data is damaged (log line + ``run_corrupt`` audit).
+
+        ``obj`` names what was damaged for the ``snapshotd.corruption.found`` count:
+        ``run`` (its record or event log as a whole) or ``event`` (one stored event).
+        """
         if run_id in self._runs:
             return
         if len(self._runs) >= _MAX_REMEMBERED:
             self._runs.clear()
         self._runs.add(run_id)
+        if self._found is not None:
+            self._found(obj)
         _log.error("run_corrupt", instance=self._instance, run_id=run_id, error=str(error))
         await self._audit("run_corrupt", run_id=run_id, error=str(error))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapshotd.domain import savepoints
-from snapshotd.domain.errors import Conflict, NotFound
+from snapshotd.domain.errors import Conflict, Corrupt, NotFound
 from snapshotd.domain.policies import Policy
 from snapshotd.domain.savepoints import Progress, Savepoint, Schedule
 from snapshotd.journals.base import Journal
@@ -44,11 +44,17 @@ class SavepointService:
     """
 
     def __init__(
-        self, journal: Journal, policy_for: Callable[[str], Policy] = _default_policy
+        self,
+        journal: Journal,
+        policy_for: Callable[[str], Policy] = _default_policy,
+        found_corrupt: Callable[[str], None] | None = None,
     ) -> None:
         self._journal = journal
         self._policy_for = policy_for
         self._locks = RunLocks()
+        # ``found_corrupt("document")`` once per damaged run document per process.
+        self._found_corrupt = found_corrupt
+        self._corrupt: set[str] = set()
 
     async def init(
         self, run_id: str, *, start_ms: int, interval_ms: int, entities: Mapping[str, Any]
@@ -87,11 +93,40 @@ class SavepointService:
             raise NotFound(f"run {run_id!r} has no complete savepoint yet")
         return Loaded(schedule.workflow, latest)
 
+    async def resume(
+        self, run_id: str, upgrade: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    ) -> Loaded:
+        """Set every entity back to the resume point (``savepoints.resume_point``).
+
+        ``upgrade(workflow, states)`` turns the stored states into the ones the
+        application gets (and that become the entities' bases); it may run again when
+        another writer got there first. Durable when it returns. Raises NotFound
+        without a schedule.
+        """
+        resumed: list[Loaded] = []
+
+        def step(schedule: Schedule, _keep: int) -> tuple[Schedule, Progress]:
+            point = savepoints.resume_point(schedule)
+            states = (
+                point.entities if upgrade is None else upgrade(schedule.workflow, point.entities)
+            )
+            resumed.append(Loaded(schedule.workflow, Savepoint(point.timestamp_ms, states)))
+            return savepoints.resume(schedule, states), savepoints.NOTHING
+
+        await self._update(run_id, step)
+        return resumed[-1]
+
     async def _read(self, run_id: str) -> tuple[Schedule, int]:
         doc = await self._journal.get_document(NAMESPACE, run_id)
         if doc is None:
             raise NotFound(f"run {run_id!r} has no savepoint schedule (savepoint_init)")
-        return savepoints.decode(doc.body, f"savepoints of run {run_id!r}"), doc.version
+        try:
+            return savepoints.decode(doc.body, f"savepoints of run {run_id!r}"), doc.version
+        except Corrupt:
+            if self._found_corrupt is not None and run_id not in self._corrupt:
+                self._corrupt.add(run_id)
+                self._found_corrupt("document")
+            raise
 
     async def _update(
         self, run_id: str, step: Callable[[Schedule, int], tuple[Schedule, Progress]]

@@ -1,21 +1,18 @@
-"""The ``postgresql://`` journal: asyncpg pool, the migrations' schema, LISTEN/NOTIFY.
+"""The PostgreSQL Journal: one asyncpg pool over the migrations' schema.
 
-Driver errors are translated once, here (``_wrap_errors``): the SQLSTATEs that
-``append_encoded_events`` raises become NotFound/StaleLease/Conflict, everything
-else from asyncpg or the network becomes Unavailable. The pool replaces dead
-connections by itself, so the journal works again once the database is back.
-
-Events are stored as the bytes ``load`` serves (see migrations/0001_initial.sql
-for why bytea); decoding for compaction joins a page into one JSON array and
-decodes it with a single orjson call.
+Driver errors are translated at the edge (``errors.wrap_errors``). The pool
+replaces dead connections by itself, so the journal works again once the
+database is back. Events are stored as the bytes ``load`` serves (see
+migrations/0001_initial.sql for why bytea); decoding for compaction joins a
+page into one JSON array and decodes it with a single orjson call.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from hashlib import md5
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,19 +22,25 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import (
-    BadRequest,
     Busy,
     Conflict,
     Corrupt,
     NotFound,
-    SnapshotdError,
     StaleLease,
     Superseded,
-    TooLarge,
     Unavailable,
 )
-from snapshotd.domain.model import AuditEntry, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals.base import UNSET, Document, EventPage, _Unset
+from snapshotd.domain.model import (
+    AuditEntry,
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
 from snapshotd.journals.migrate import (
     MigrationError,
     PgTarget,
@@ -47,186 +50,22 @@ from snapshotd.journals.migrate import (
     migrate_target,
     parse_dsn,
 )
+from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
+from snapshotd.journals.postgres.listener import Listener
+from snapshotd.journals.postgres.queries import Queries
+from snapshotd.journals.postgres.rows import decode_events, meta, summary
 from snapshotd.journals.records import dumps
 
 if TYPE_CHECKING:
     from snapshotd.journals.migrate import Conn
 
 _APP_NAME = "snapshotd"
-_LISTEN_APP_NAME = "snapshotd-listen"
 
-# The append function's SD409 message names the run's last seq: "run 'r' is at seq 5, not 3".
-_LAST_SEQ = re.compile(r"is at seq (\d+),")
-
-# SQLSTATEs raised by the migrations' append function.
-_SQLSTATE_ERRORS: dict[str, type[SnapshotdError]] = {
-    "SD404": NotFound,
-    "SD409": Conflict,
-    "SD423": StaleLease,
-}
-
-
-@contextmanager
-def _wrap_errors(where: str) -> Iterator[None]:
-    """The adapter edge: asyncpg and network errors in, snapshotd errors out.
-
-    ``where`` names the journal (without password) and the operation.
-    """
-    try:
-        yield
-    except asyncpg.PostgresError as exc:
-        state = exc.sqlstate or ""
-        mapped = _SQLSTATE_ERRORS.get(state)
-        if mapped is not None:
-            seen = _LAST_SEQ.search(str(exc)) if mapped is Conflict else None
-            details = {"last_seq": int(seen[1])} if seen else {}
-            raise mapped(str(exc), **details) from None
-        # Bad data and exceeded limits are the request's fault: retrying cannot help.
-        # Everything else (connections refused or ended, a database not accepting
-        # connections, a schema being migrated) is treated as an outage.
-        message = f"{where}: SQLSTATE {state}: {exc}"
-        if state[:2] == "22":
-            raise BadRequest(message) from None
-        if state[:2] == "54":
-            raise TooLarge(message) from None
-        raise Unavailable(message) from None
-    except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
-        # InternalClientError: a connection killed mid-operation can leave asyncpg's
-        # protocol state behind ("another operation is in progress"); a retry works.
-        raise Unavailable(f"{where}: {type(exc).__name__}: {exc}") from None
-
-
-class _Queries:
-    """Every statement of the adapter, with the validated, quoted schema filled in."""
-
-    def __init__(self, s: str) -> None:
-        run_cols = "run_id, workflow, version, lease, last_seq, created_at"
-        meta_cols = (
-            "snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes, "
-            "checksum, kind, pinned, created_at, expires_at"
-        )
-        self.create_run = (
-            f"INSERT INTO {s}.runs (run_id, workflow, version, lease, created_at) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING RETURNING true"
-        )
-        self.run_workflow = f"SELECT workflow FROM {s}.runs WHERE run_id = $1"
-        self.get_run = f"SELECT {run_cols} FROM {s}.runs WHERE run_id = $1"
-        self.run_exists = f"SELECT EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = $1)"
-        self.set_version = f"UPDATE {s}.runs SET version = $2 WHERE run_id = $1 RETURNING true"
-        self.set_lease = (
-            f"UPDATE {s}.runs SET lease = $2 WHERE run_id = $1 "
-            "AND ($3 OR lease IS NOT DISTINCT FROM $4) RETURNING true"
-        )
-        self.list_runs = (
-            f"SELECT run_id FROM {s}.runs WHERE run_id > coalesce($1, '') ORDER BY run_id LIMIT $2"
-        )
-        self.append = f"SELECT {s}.append_encoded_events($1, $2, $3, $4, $5, $6)"
-        self.event_bodies = (
-            f"SELECT body FROM {s}.events WHERE run_id = $1 AND seq > $2 "
-            "ORDER BY seq LIMIT $3::bigint"
-        )
-        self.list_snapshots = (
-            f"SELECT {meta_cols} FROM {s}.snapshots WHERE run_id = $1 "
-            "ORDER BY through_seq DESC, created_at DESC, snapshot_id DESC"
-        )
-        self.read_snapshot = (
-            f"SELECT {meta_cols}, payload FROM {s}.snapshots WHERE run_id = $1 AND snapshot_id = $2"
-        )
-        self.try_run_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))"
-        self.run_lease = f"SELECT lease FROM {s}.runs WHERE run_id = $1"
-        self.latest_progress = (
-            f"SELECT through_seq, created_at FROM {s}.snapshots "
-            "WHERE run_id = $1 AND version = $2 AND kind IN ('auto', 'manual') "
-            "ORDER BY through_seq DESC LIMIT 1"
-        )
-        self.insert_snapshot = (
-            f"INSERT INTO {s}.snapshots ({meta_cols}, payload) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        )
-        self.delete_snapshots = (
-            f"DELETE FROM {s}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])"
-        )
-        self.set_pinned = (
-            f"UPDATE {s}.snapshots SET pinned = $3 WHERE run_id = $1 AND snapshot_id = $2 "
-            "RETURNING true"
-        )
-        # Latest snapshot of the run's current version (any kind), as the memory journal.
-        self.due_runs = (
-            f"SELECT r.run_id FROM {s}.runs r "
-            "LEFT JOIN LATERAL ("
-            f"  SELECT sn.through_seq, sn.created_at FROM {s}.snapshots sn "
-            "  WHERE sn.run_id = r.run_id AND sn.version = r.version "
-            "  ORDER BY sn.through_seq DESC, sn.created_at DESC LIMIT 1"
-            ") latest ON true "
-            "WHERE r.last_seq > coalesce(latest.through_seq, 0) "
-            "AND coalesce(latest.created_at, r.created_at) < $1 "
-            "ORDER BY r.run_id LIMIT $2"
-        )
-        self.lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
-        self.append_audit = (
-            f"INSERT INTO {s}.audit (at, kind, fields) VALUES ($1, $2, $3::jsonb) RETURNING cursor"
-        )
-        self.read_audit = (
-            f"SELECT cursor, at, kind, fields::text FROM {s}.audit WHERE cursor > $1 "
-            "ORDER BY cursor LIMIT $2"
-        )
-        self.get_document = (
-            f"SELECT body, version FROM {s}.documents WHERE namespace = $1 AND key = $2"
-        )
-        self.insert_document = (
-            f"INSERT INTO {s}.documents (namespace, key, version, body) VALUES ($1, $2, 1, $3) "
-            "ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
-        )
-        self.update_document = (
-            f"UPDATE {s}.documents SET body = $3, version = version + 1, updated_at = now() "
-            "WHERE namespace = $1 AND key = $2 AND version = $4 RETURNING version"
-        )
-
-
-def _meta(row: asyncpg.Record) -> SnapshotMeta:
-    return SnapshotMeta(
-        snapshot_id=row["snapshot_id"],
-        run_id=row["run_id"],
-        through_seq=row["through_seq"],
-        version=row["version"],
-        reducer=row["reducer"],
-        format_version=row["format_version"],
-        size_bytes=row["size_bytes"],
-        checksum=row["checksum"],
-        kind=row["kind"],
-        pinned=row["pinned"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-    )
-
-
-def _event(obj: Any) -> Event:
-    return Event(obj["seq"], obj["type"], obj["data"], datetime.fromisoformat(obj["recorded_at"]))
-
+_MIN_TIME = datetime.min.replace(tzinfo=UTC)
+"""Below every due time: the keyset start of a sweep from the oldest due run."""
 
 _TICK = timedelta(microseconds=1)
 """The resolution of timestamptz: the smallest step that keeps created_at increasing."""
-
-_DECODE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError)
-
-
-def _decode_events(run_id: str, bodies: list[bytes], after_seq: int) -> list[Event]:
-    """One orjson call for the whole page; on failure find the damaged row for the message."""
-    try:
-        objs = orjson.loads(b"[" + b",".join(bodies) + b"]")
-        if len(objs) == len(bodies):
-            fromiso = datetime.fromisoformat
-            return [Event(o["seq"], o["type"], o["data"], fromiso(o["recorded_at"])) for o in objs]
-    except _DECODE_ERRORS:
-        pass
-    for offset, body in enumerate(bodies, start=1):
-        try:
-            _event(orjson.loads(body))
-        except _DECODE_ERRORS as exc:
-            raise Corrupt(
-                f"events row (run_id={run_id!r}, seq={after_seq + offset}) does not decode: {exc}"
-            ) from None
-    raise Corrupt(f"events of run {run_id!r} after seq {after_seq} do not decode as events")
 
 
 class PostgresJournal:
@@ -243,12 +82,16 @@ class PostgresJournal:
         backoff_s: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self._target: PgTarget = parse_dsn(url)
-        self._q = _Queries(self._target.quoted_schema)
+        self._q = Queries(self._target.quoted_schema)
         self._pool_max_size = pool_max_size
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._keepalive_s = keepalive_s
-        self._backoff_s = backoff_s
+        self._listener = Listener(
+            self._target,
+            connect_timeout_s=connect_timeout_s,
+            keepalive_s=keepalive_s,
+            backoff_s=backoff_s,
+        )
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -306,7 +149,7 @@ class PostgresJournal:
             pool.terminate()
 
     def _errors(self, what: str) -> AbstractContextManager[None]:
-        return _wrap_errors(f"postgresql journal {self.description}: {what}")
+        return wrap_errors(f"postgresql journal {self.description}: {what}")
 
     @property
     def _p(self) -> asyncpg.Pool:
@@ -335,6 +178,7 @@ class PostgresJournal:
             row = await self._p.fetchrow(self._q.get_run, run_id)
         if row is None:
             return None
+        due_seq = row["due_seq"]
         return Run(
             row["run_id"],
             row["workflow"],
@@ -342,6 +186,7 @@ class PostgresJournal:
             row["lease"],
             row["last_seq"],
             row["created_at"],
+            None if due_seq is None else DuePoint(row["snap_seq"], due_seq, row["due_at"]),
         )
 
     async def _require_run(self, conn: Conn, run_id: str) -> None:
@@ -371,6 +216,19 @@ class PostgresJournal:
             rows = await self._p.fetch(self._q.list_runs, after, limit)
         return [row[0] for row in rows]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # run_id is COLLATE "C": '' sorts before every id, and the order is UTF-8's.
+        with self._errors("run_summaries"):
+            if workflow is None:
+                rows = await self._p.fetch(self._q.run_summaries, after or "", limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.workflow_run_summaries, after or "", limit, workflow
+                )
+        return [summary(row) for row in rows]
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -385,24 +243,44 @@ class PostgresJournal:
         types = [e.type for e in events]
         data = [orjson.dumps(e.data).decode() for e in events]
         with self._errors("append"):
-            last: int = await self._p.fetchval(
-                self._q.append, run_id, expected_seq, lease, types, data, now
-            )
+            conn = await self._p.acquire()
+        try:
+            with commit_errors(f"postgresql journal {self.description}: append"):
+                last: int = await conn.fetchval(
+                    self._q.append, run_id, expected_seq, lease, types, data, now
+                )
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._p.release(conn)
         return last
 
-    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[bytes]:
+    async def _bodies(self, run_id: str, after_seq: int, limit: int | None) -> list[Any]:
+        """Stored (body, md5) rows after ``after_seq``, unchecked."""
         with self._errors("read events"):
             async with self._p.acquire() as conn:
                 rows = await conn.fetch(self._q.event_bodies, run_id, after_seq, limit)
                 if not rows:
                     await self._require_run(conn, run_id)
-        return [row[0] for row in rows]
+        return rows
+
+    def _checked(self, run_id: str, after_seq: int, rows: list[Any]) -> list[bytes]:
+        """The bodies when every one matches its checksum; Corrupt naming the first
+        that does not (its seq: the run's seqs are contiguous)."""
+        bodies: list[bytes] = [row[0] for row in rows]
+        sums = [md5(body, usedforsecurity=False).digest() for body in bodies]
+        if sums != [row[1] for row in rows]:
+            bad = next(i for i, row in enumerate(rows) if sums[i] != row[1])
+            raise Corrupt(
+                f"events row (run_id={run_id!r}, seq={max(after_seq, 0) + bad + 1}) of "
+                f"{self.description} does not match its checksum"
+            )
+        return bodies
 
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
     ) -> list[Event]:
-        bodies = await self._bodies(run_id, after_seq, limit)
-        return _decode_events(run_id, bodies, max(after_seq, 0))
+        bodies = self._checked(run_id, after_seq, await self._bodies(run_id, after_seq, limit))
+        return decode_events(run_id, bodies, max(after_seq, 0))
 
     async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
         bodies = await self._bodies(run_id, after_seq, limit + 1)
@@ -410,7 +288,7 @@ class PostgresJournal:
         if has_more:
             del bodies[limit:]
         last = max(after_seq, 0) + len(bodies) if bodies else after_seq
-        return EventPage(bodies, last, has_more)
+        return EventPage(self._checked(run_id, after_seq, bodies), last, has_more)
 
     # snapshots ------------------------------------------------------------
 
@@ -420,14 +298,14 @@ class PostgresJournal:
                 rows = await conn.fetch(self._q.list_snapshots, run_id)
                 if not rows:
                     await self._require_run(conn, run_id)
-        return [_meta(row) for row in rows]
+        return [meta(row) for row in rows]
 
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
         with self._errors("read_snapshot"):
             row = await self._p.fetchrow(self._q.read_snapshot, run_id, snapshot_id)
         if row is None:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
-        return Snapshot(_meta(row), row["payload"])
+        return Snapshot(meta(row), row["payload"])
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         """One transaction holding the run's advisory xact lock (key in docs/postgres.md).
@@ -474,6 +352,7 @@ class PostgresJournal:
                         m.pinned,
                         created_at,
                         m.expires_at,
+                        m.label,
                         snapshot.payload,
                     )
                 except asyncpg.UniqueViolationError:
@@ -492,6 +371,34 @@ class PostgresJournal:
             done = await self._p.fetchval(self._q.set_pinned, run_id, snapshot_id, pinned)
         if not done:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        start = (_MIN_TIME, "") if after is None else (after.due_at, after.run_id)
+        with self._errors("sweep_due"):
+            rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+        return [DueRun(row[0], row[1]) for row in rows]
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        with self._errors("set_due"):
+            async with self._p.acquire() as conn:
+                done = await conn.fetchval(
+                    self._q.set_due,
+                    run_id,
+                    point.snap_seq,
+                    point.due_seq,
+                    point.due_at,
+                    snapshotted,
+                )
+                if not done:
+                    await self._require_run(conn, run_id)
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        with self._errors("record_failure"):
+            done = await self._p.fetchval(
+                self._q.record_failure, run_id, now, max_delay_s, FIRST_RETRY_S
+            )
+        if not done:
+            raise NotFound(f"run {run_id!r} not found")
 
     async def due_runs(self, cutoff: datetime, limit: int) -> list[str]:
         with self._errors("due_runs"):
@@ -545,67 +452,5 @@ class PostgresJournal:
         *,
         task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
     ) -> None:
-        """LISTEN on a dedicated connection (a pooled one would lose it on release).
-
-        ``task_status.started()`` comes once listening, or after a first failed
-        attempt, so a database that is down never blocks the caller's start-up;
-        every later successful LISTEN is followed by ``on_gap()``. A ``SELECT 1``
-        every ``keepalive_s`` notices a connection that died silently.
-        """
-        started = False
-        listened = False
-
-        def listening() -> None:
-            nonlocal started, listened
-            listened = True
-            if started:
-                on_gap()
-            else:
-                started = True
-                task_status.started()
-
-        delay = self._backoff_s[0]
-        while True:
-            listened = False
-            with suppress(Unavailable):
-                await self._listen_once(on_append, listening)
-            if not started:
-                started = True
-                task_status.started()
-            if listened:
-                delay = self._backoff_s[0]
-            await anyio.sleep(delay)
-            delay = min(delay * 2, self._backoff_s[1])
-
-    async def _listen_once(
-        self, on_append: Callable[[str], None], listening: Callable[[], None]
-    ) -> None:
-        """Listen until the connection is lost; raises Unavailable when it cannot start."""
-        lost = anyio.Event()
-        with self._errors("listen"):
-            conn = await asyncpg.connect(
-                self._target.dsn,
-                timeout=self._connect_timeout_s,
-                server_settings={"application_name": _LISTEN_APP_NAME},
-            )
-        try:
-            with self._errors("listen"):
-                conn.add_termination_listener(lambda _conn: lost.set())
-                await conn.add_listener(
-                    self._target.channel, lambda _conn, _pid, _chan, payload: on_append(payload)
-                )
-            listening()
-            with self._errors("listen keepalive"):
-                while not lost.is_set():
-                    with anyio.move_on_after(self._keepalive_s):
-                        await lost.wait()
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=self._connect_timeout_s)
-        finally:
-            with anyio.move_on_after(2, shield=True) as scope:
-                try:
-                    await conn.close()
-                except (asyncpg.InterfaceError, OSError):
-                    conn.terminate()
-            if scope.cancelled_caught:
-                conn.terminate()
+        """LISTEN on a dedicated connection; see ``Listener.watch``."""
+        await self._listener.watch(on_append, on_gap, task_status=task_status)
