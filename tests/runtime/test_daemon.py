@@ -92,7 +92,9 @@ async def test_crashed_actor_restarts_with_backoff_and_keeps_serving() -> None:
         await settle(inst)
         status = inst.status()
     assert status["restarts"] == 1
-    assert status["skipped"]["internal"] == 1 and status["taken"] == 1
+    # The crashed request counts as internal; the sweep (unseen runs are due at once)
+    # may still snapshot its run afterwards.
+    assert status["skipped"]["internal"] == 1 and status["taken"] >= 1
     kinds = [e.kind for e in await journal.read_audit(0, 100)]
     assert "actor_restarted" in kinds
 

@@ -59,9 +59,16 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
-                    await journal.watch_appends(instance.trigger, instance.journal_reconnected)
+                    await journal.watch_appends(instance.notified, instance.journal_reconnected)
 
                 tg.start_soon(supervise, instance, "watcher", watch)
+            keeper = instance.slices
+            if keeper is not None:
+
+                async def keep(instance: Instance) -> None:
+                    await keeper.run(instance.request_sweep)
+
+                tg.start_soon(supervise, instance, "slices", keep)
 
 
 async def supervise(
@@ -128,6 +135,8 @@ async def actor_loop(instance: Instance) -> None:
             # The semaphore yields even when free, so a mailbox full of cheap skips
             # still leaves the socket readers and the other instances their turn.
             await slots.acquire()
+            if tg.cancel_scope.cancel_called:
+                return  # an attempt crashed: leave, so the task group raises its error
             try:
                 job = await mailbox.get()
             except MailboxClosed:
@@ -172,8 +181,11 @@ async def sweep_due(
     room = instance.mailbox.capacity - len(instance.mailbox)
     if room <= 0:
         return cursor
+    slices = None if instance.slices is None else instance.slices.sweep_slices()
+    if slices is not None and not slices:
+        return None
     try:
-        page = await journal.sweep_due(utcnow(), room, cursor)
+        page = await journal.sweep_due(utcnow(), room, cursor, slices)
     except (SnapshotdError, OSError) as exc:
         _log.warning("sweep_failed", instance=instance.name, error=f"{type(exc).__name__}: {exc}")
         return None

@@ -22,13 +22,15 @@ from snapshotd.domain.errors import Corrupt, SnapshotCorrupt, SnapshotdError
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
-from snapshotd.journals.base import Journal
+from snapshotd.domain.slices import SLICES
+from snapshotd.journals.base import DividesSlices, Journal
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
 )
+from snapshotd.runtime.slices import SliceKeeper
 from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
 
@@ -162,6 +164,16 @@ class Instance:
         self.dropped = 0
         self.coalesced = 0
         self.restarts = 0
+        self.slices = (
+            SliceKeeper(
+                journal.slice_store, config.slice_lease_s, config.name, config.queue_capacity
+            )
+            if isinstance(journal, DividesSlices)
+            else None
+        )
+        """This daemon's leases on the slices of a shared journal (None: not shared)."""
+        if self.slices is not None:
+            self.telemetry.watch_slices(self.slices.owned_count)
         self.max_in_flight = MAX_IN_FLIGHT
         self.in_flight: dict[str, Job] = {}
         """The actor's attempts under way, by run."""
@@ -203,6 +215,12 @@ class Instance:
         The hot path of a flood: the counts are plain ints, which the telemetry
         reads at export time.
         """
+        if self.slices is not None and self.slices.held_elsewhere(run_id):
+            # Another live daemon serves the run's slice: it gets the hint instead.
+            if self.slices.forward(run_id):
+                return "queued"
+            self.dropped += 1
+            return "dropped"
         status = self.mailbox.offer(run_id, lease)
         if status == "coalesced":
             self.coalesced += 1
@@ -213,6 +231,11 @@ class Instance:
     def trigger(self, run_id: str) -> None:
         """An internal check of ``run_id`` (sweep, append notification); never blocks."""
         self.mailbox.offer_internal(run_id)
+
+    def notified(self, run_id: str) -> None:
+        """An append notification (or a forwarded hint): checked when the slice is ours."""
+        if self.slices is None or self.slices.owns(run_id):
+            self.mailbox.offer_internal(run_id)
 
     def request_sweep(self) -> None:
         """Ask the sweep to look for due runs now (after missed append notifications).
@@ -434,4 +457,7 @@ class Instance:
             "dropped": self.dropped,
             "coalesced": self.coalesced,
             "restarts": self.restarts,
+            "slices": None
+            if self.slices is None
+            else {"owned": self.slices.owned_count(), "total": SLICES},
         }
