@@ -172,14 +172,15 @@ class Instance:
             else None
         )
         """This daemon's leases on the slices of a shared journal (None: not shared)."""
-        if self.slices is not None:
-            self.telemetry.watch_slices(self.slices.owned_count)
         self.max_in_flight = MAX_IN_FLIGHT
         self.in_flight: dict[str, Job] = {}
         """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
         self.health.watch_up(lambda: self.journal_answers)
+        keeper = self.slices
+        if keeper is not None:
+            self.health.watch_slices(keeper.owned_count)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )

@@ -172,14 +172,6 @@ _meter.create_observable_gauge(
     description="Snapshot requests waiting in the instance's queue.",
 )
 
-_slice_sources: dict[str, Callable[[], int]] = {}
-_meter.create_observable_gauge(
-    "snapshotd.slices.owned",
-    callbacks=[_observe(_slice_sources)],
-    unit="{slice}",
-    description="Slices this daemon holds a lease on (PostgreSQL instances).",
-)
-
 # Attempt outcomes are counted once per attempt (thousands a second), so like dropped
 # and coalesced below they are plain ints, per instance name (shared by every
 # InstanceTelemetry of that name, so a total never goes back), read at export time.
@@ -343,12 +335,8 @@ class InstanceTelemetry:
         _dropped_sources[self.instance] = dropped
         _coalesced_sources[self.instance] = coalesced
 
-    def watch_slices(self, read: Callable[[], int]) -> None:
-        """Report ``read()`` as the slices held. Runs on the exporter thread: plain reads only."""
-        _slice_sources[self.instance] = read
-
     def forget(self) -> None:
-        for sources in (_depth_sources, _dropped_sources, _coalesced_sources, _slice_sources):
+        for sources in (_depth_sources, _dropped_sources, _coalesced_sources):
             sources.pop(self.instance, None)
 
     def received(self, op: str) -> None:
