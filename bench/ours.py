@@ -44,6 +44,7 @@ class Plan:
     inc_consecutive: int
     """Incremental snapshots: consecutive snapshots averaged (SPEC: 100)."""
     scale_runs: int
+    throughput_runs: int
 
     @property
     def largest(self) -> int:

@@ -107,6 +107,11 @@ def spec_targets(
                     full_size=True,
                 )
             )
+    minimum = {"fs": 2000, "pg": 1000}
+    targets += [
+        Target(f"snapshots/s, one daemon ({names[j]})", f"throughput.{j}", ">=", minimum[j], "/s")
+        for j in journals
+    ]
     targets += [
         Target(
             f"snapshot at {largest:,}: eventsourcing take_snapshot time / ours (PostgreSQL)",
