@@ -19,12 +19,16 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from snapshotd.journals.base import Journal
 from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.memory import MemoryJournal
+
+if TYPE_CHECKING:
+    from tests.journals.pg_cluster import Cluster
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -62,8 +66,12 @@ def _bin(name: str) -> str | None:
     return None
 
 
-def _private_cluster(stack: list[str]) -> tuple[str, int] | None:
-    """initdb + pg_ctl as the postgres user (PostgreSQL refuses to run as root)."""
+def _private_cluster(stack: list[str], *, durable: bool = True) -> tuple[str, int] | None:
+    """initdb + pg_ctl as the postgres user (PostgreSQL refuses to run as root).
+
+    ``durable=False``: no fsync, for clusters whose host never crashes in a test
+    (a killed server still loses nothing committed).
+    """
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         return None
@@ -87,7 +95,7 @@ def _private_cluster(stack: list[str]) -> tuple[str, int] | None:
             datadir,
             "-w",
             "-o",
-            f"-p {port} -k {datadir} -h 127.0.0.1",
+            f"-p {port} -k {datadir} -h 127.0.0.1" + ("" if durable else " -c fsync=off"),
             "-l",
             f"{datadir}/log",
             "start",
@@ -140,6 +148,39 @@ def pg_dsn(pg_server: str) -> Iterator[str]:
             if done.returncode == 0:
                 break
             time.sleep(0.5)
+
+
+SHARDS = 3
+
+
+@pytest.fixture(scope="session")
+def pg_shards() -> Iterator[list[Cluster]]:
+    """Three private clusters: the databases of a sharded journal (each test takes
+    its own schema in them). A test that stops one starts it again before it ends."""
+    from tests.journals.pg_cluster import Cluster
+
+    clusters: list[Cluster] = []
+    try:
+        for _ in range(SHARDS):
+            stop: list[str] = []
+            started = _private_cluster(stop, durable=False)
+            if started is None:
+                message = "initdb/pg_ctl are needed for the sharded journal's clusters"
+                if os.environ.get("CI") == "true":
+                    pytest.fail(message + " (CI=true: PostgreSQL tests must not be skipped)")
+                pytest.skip(message)
+            clusters.append(Cluster(started[0], started[1], stop))
+        yield clusters
+    finally:
+        for cluster in clusters:
+            subprocess.run(cluster.stop_command, check=False, capture_output=True, timeout=60)
+            shutil.rmtree(cluster.datadir, ignore_errors=True)
+
+
+def sharded_dsns(clusters: list[Cluster], schema: str | None = None) -> list[str]:
+    """One DSN per shard, all with the same fresh (or given) schema."""
+    schema = schema or f"t_{secrets.token_hex(6)}"
+    return [f"{cluster.dsn}?schema={schema}" for cluster in clusters]
 
 
 JournalFactory = Callable[[pytest.FixtureRequest, Path], Journal]

@@ -404,3 +404,45 @@ def test_kubernetes_service_links_and_non_config_variables_are_ignored(var: str)
 def test_other_unknown_variables_are_still_errors(var: str) -> None:
     with pytest.raises(ConfigError, match=f"^{var}: unknown setting"):
         load_config(None, {var: "1"})
+
+
+def test_journal_as_a_list_of_dsns_is_sharded(tmp_path: Path) -> None:
+    text = (
+        '[instances.default]\njournal = ["postgresql://u@a/x", "postgresql://u@b/x"]\n'
+        'listen_dsn = ["postgresql://u@a1/x", "postgresql://u@b1/x"]\n'
+    )
+    default = load_config(write(tmp_path, text), {}).instances["default"]
+    assert default.journal == ("postgresql://u@a/x", "postgresql://u@b/x")
+    assert default.listen_dsn == ("postgresql://u@a1/x", "postgresql://u@b1/x")
+
+
+def test_sharded_journal_from_the_environment_is_whitespace_separated() -> None:
+    env = {
+        "SNAPSHOTD_INSTANCES__DEFAULT__JOURNAL": " postgresql://a/x\n postgresql://b/x ",
+        "SNAPSHOTD_INSTANCES__DEFAULT__LISTEN_DSN": "postgresql://c/x postgresql://d/x",
+    }
+    default = load_config(None, env).instances["default"]
+    assert default.journal == ("postgresql://a/x", "postgresql://b/x")
+    assert default.listen_dsn == ("postgresql://c/x", "postgresql://d/x")
+
+
+@pytest.mark.parametrize(
+    ("journal", "listen", "message"),
+    [
+        ("[]", None, "one or more postgresql:// DSNs"),
+        ('["postgresql://a/x", "fs:./data"]', None, "item 2 is not a postgresql:// DSN"),
+        ('["postgresql://a/x", 3]', None, "one or more postgresql:// DSNs"),
+        ('["postgresql://a:0/x"]', None, "invalid PostgreSQL DSN"),
+        ('["postgresql://a/x", "postgresql://b/x"]', '"postgresql://c/x"', "a list of 2"),
+        ('["postgresql://a/x", "postgresql://b/x"]', '["postgresql://c/x"]', "a list of 2"),
+    ],
+)
+def test_bad_sharded_journal_lists(
+    tmp_path: Path, journal: str, listen: str | None, message: str
+) -> None:
+    text = f"[instances.default]\njournal = {journal}\n"
+    if listen is not None:
+        text += f"listen_dsn = {listen}\n"
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, text), {})
+    assert "instances.default." in str(caught.value)

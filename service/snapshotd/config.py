@@ -43,14 +43,16 @@ class SocketConfig:
 @dataclass(frozen=True, slots=True)
 class InstanceConfig:
     name: str
-    journal: str
+    journal: str | tuple[str, ...]
+    """A URL, or several ``postgresql://`` DSNs: a sharded journal (SPEC section 5)."""
     policy: Policy
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
     audit_retention_s: float = DEFAULT_AUDIT_RETENTION_S
     """0 keeps audit entries forever."""
     slice_lease_s: float = DEFAULT_SLICE_LEASE_S
-    listen_dsn: str | None = None
-    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler."""
+    listen_dsn: str | tuple[str, ...] | None = None
+    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler
+    (one per shard, in the same order, for a sharded journal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +140,23 @@ def _callable_name(value: Any) -> str:
     return value
 
 
-def _journal(value: Any) -> str:
+def _dsn_list(value: Any) -> tuple[str, ...]:
+    if not value or not all(isinstance(v, str) for v in value):
+        raise _Invalid("a list must hold one or more postgresql:// DSNs")
+    for number, v in enumerate(value, 1):
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise _Invalid(
+                f"item {number} is not a postgresql:// DSN (a list holds postgresql:// DSNs "
+                "only; a DSN has no spaces, several are separated by spaces)"
+            )
+    return tuple(_dsn(v) for v in value)
+
+
+def _journal(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, list):
+        return _dsn_list(value)
     if not isinstance(value, str):
-        raise _Invalid("must be a string")
+        raise _Invalid("must be a string or a list of postgresql:// DSNs")
     if value == "memory:":
         return value
     if value.startswith(("postgresql://", "postgres://")):
@@ -148,6 +164,10 @@ def _journal(value: Any) -> str:
     if value.startswith("fs:") and len(value) > 3:
         return value
     raise _Invalid("must be 'memory:', 'fs:PATH' or 'postgresql://...'")
+
+
+def _listen_dsn(value: Any) -> str | tuple[str, ...]:
+    return _dsn_list(value) if isinstance(value, list) else _dsn(value)
 
 
 def _dsn(value: Any) -> str:
@@ -196,6 +216,12 @@ def _env_str(text: str) -> Any:
     return text
 
 
+def _env_words(text: str) -> Any:
+    """Several whitespace-separated values: a list (a sharded journal's DSNs)."""
+    words = text.split()
+    return words if len(words) > 1 else text
+
+
 def _env_uids(text: str) -> Any:
     parts = [p for p in re.split(r"[\s,\[\]]+", text) if p]
     return [_env_int(p) for p in parts]
@@ -219,11 +245,11 @@ _POLICY_KEYS: dict[str, _Key] = {
 _QUEUE_CAPACITY = _Key(_positive_int, _env_int)
 _INSTANCE_KEYS: dict[str, _Key] = {
     **_POLICY_KEYS,
-    "journal": _Key(_journal, _env_str),
+    "journal": _Key(_journal, _env_words),
     "queue_capacity": _QUEUE_CAPACITY,
     "audit_retention_s": _Key(_seconds_or_zero, _env_number),
     "slice_lease_s": _Key(_ttl, _env_number),
-    "listen_dsn": _Key(_dsn, _env_str),
+    "listen_dsn": _Key(_listen_dsn, _env_words),
 }
 _WORKFLOW_KEYS: dict[str, _Key] = {**_POLICY_KEYS, "queue_capacity": _QUEUE_CAPACITY}
 _SOCKET_KEYS: dict[str, _Key] = {
@@ -353,6 +379,18 @@ def _match_name(named: Mapping[str, Any], wanted: str) -> str:
     return wanted.lower()
 
 
+def _check_listen_dsn(name: str, journal: Any, listen: Any) -> None:
+    """A list of listen DSNs goes with a sharded journal of the same length, and only."""
+    if listen is None:
+        return
+    if isinstance(journal, str) and isinstance(listen, str):
+        return
+    if isinstance(journal, tuple) and isinstance(listen, tuple) and len(listen) == len(journal):
+        return
+    wanted = "one postgresql:// DSN" if isinstance(journal, str) else f"a list of {len(journal)}"
+    raise ConfigError(f"instances.{name}.listen_dsn: must be {wanted}, like journal")
+
+
 def _build(
     socket: dict[str, Any],
     tables: dict[str, dict[str, dict[str, Any]]],
@@ -367,6 +405,7 @@ def _build(
             if name != DEFAULT_INSTANCE:
                 raise ConfigError(f"instances.{name}.journal: missing (required)")
             journal = DEFAULT_JOURNAL
+        _check_listen_dsn(name, journal, values.get("listen_dsn"))
         overrides = {k: v for k, v in values.items() if k in _POLICY_KEYS}
         instances[name] = InstanceConfig(
             name=name,

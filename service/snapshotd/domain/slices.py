@@ -20,6 +20,17 @@ def run_slice(run_id: str) -> int:
     return ((digest[0] << 8) | digest[1]) & (SLICES - 1)
 
 
+def shard_bounds(count: int) -> list[int]:
+    """First slice of each of ``count`` shards, then 1024: shard ``i`` holds slices
+    ``floor(i*1024/count)`` up to, not including, ``floor((i+1)*1024/count)``."""
+    return [i * SLICES // count for i in range(count + 1)]
+
+
+def slice_shard(slice_: int, count: int) -> int:
+    """The shard (0-based) of ``count`` that holds ``slice_``."""
+    return ((slice_ + 1) * count - 1) // SLICES
+
+
 def share(members: int) -> int:
     """The most slices one of ``members`` live daemons should hold."""
     return -(-SLICES // max(members, 1))

@@ -376,6 +376,15 @@ class DividesSlices(Protocol):
 
 
 @runtime_checkable
+class HasShards(Protocol):
+    """A journal spread over several databases (sharded PostgreSQL)."""
+
+    def shard_states(self) -> list[dict[str, Any]]:
+        """``status.shards``: ``{"index", "up"}`` for each shard, in order."""
+        ...
+
+
+@runtime_checkable
 class HoldsDamagedSnapshots(Protocol):
     """A journal that can hold snapshots too damaged to list (fs: a file whose
     metadata line does not decode; PostgreSQL metadata are columns, so never).

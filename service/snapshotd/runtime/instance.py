@@ -23,7 +23,13 @@ from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
 from snapshotd.domain.slices import SLICES
-from snapshotd.journals.base import DividesSlices, Journal, KeepsConnected, QueuesAudit
+from snapshotd.journals.base import (
+    DividesSlices,
+    HasShards,
+    Journal,
+    KeepsConnected,
+    QueuesAudit,
+)
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.chains import Chains
@@ -471,6 +477,7 @@ class Instance:
             "slices": None
             if self.slices is None
             else {"owned": self.slices.owned_count(), "total": SLICES},
+            "shards": self.journal.shard_states() if isinstance(self.journal, HasShards) else None,
         }
 
     @property

@@ -103,6 +103,15 @@ class PostgresJournal:
         return self._target.description
 
     @property
+    def target(self) -> PgTarget:
+        return self._target
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The open pool (None while the database was never reached)."""
+        return self._keeper.pool
+
+    @property
     def schema(self) -> str:
         return self._target.schema
 
