@@ -47,8 +47,15 @@ def add_commands(add: Callable[..., Any], common: argparse.ArgumentParser) -> No
         "--dsn",
         action="append",
         metavar="DSN",
-        help="postgresql://user@host/db[?schema=...]; repeat for every shard. Prefer "
-        "SNAPSHOTD_DSN (whitespace-separated DSNs): a command line shows the password",
+        help="postgresql://user@host/db[?schema=...]; repeat for every shard, in layout "
+        "order (each records its index and the count). Prefer SNAPSHOTD_DSN "
+        "(whitespace-separated DSNs): a command line shows the password",
+    )
+    p.add_argument(
+        "--router",
+        metavar="DSN",
+        help="also install append_events, create_run and run_slice routing to the shards "
+        "(PL/Proxy) in this database",
     )
     p.set_defaults(func=cmd_migrate)
 
@@ -125,11 +132,18 @@ def migrate_dsns(given: list[str] | None, env: Mapping[str, str]) -> list[str]:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from snapshotd.journals.migrate import migrate, parse_dsn
+    from snapshotd.journals.postgres.layout import migrate_shards
+    from snapshotd.journals.postgres.router import install_router
 
-    targets = [(dsn, parse_dsn(dsn).description) for dsn in migrate_dsns(args.dsn, os.environ)]
+    dsns = migrate_dsns(args.dsn, os.environ)
+    targets = [(dsn, parse_dsn(dsn).description) for dsn in dsns]
+    router = None if args.router is None else parse_dsn(args.router)
 
     async def migrate_all() -> list[list[str]]:
-        return [await migrate(dsn) for dsn, _ in targets]
+        results = [await migrate(dsns[0])] if len(dsns) == 1 else await migrate_shards(dsns)
+        if router is not None:
+            await install_router(router, [parse_dsn(dsn) for dsn in dsns])
+        return results
 
     results = anyio.run(migrate_all)
     if args.json:
@@ -137,9 +151,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             {"database": where, "applied": applied}
             for (_, where), applied in zip(targets, results, strict=True)
         ]
-        print_json({"applied": results[0], "databases": databases})
+        shown = None if router is None else router.description
+        print_json({"applied": results[0], "databases": databases, "router": shown})
         return EXIT_OK
     for (_, where), applied in zip(targets, results, strict=True):
         prefix = f"{where}: " if len(targets) > 1 else ""
         print(prefix + ("applied: " + ", ".join(applied) if applied else "database is up to date"))
+    if router is not None:
+        print(f"{router.description}: router installed (append_events, create_run, run_slice)")
     return EXIT_OK

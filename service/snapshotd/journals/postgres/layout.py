@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from snapshotd.journals.migrate import MigrationError, PgTarget
+import anyio
+import asyncpg
+
+from snapshotd.journals.migrate import (
+    MigrationError,
+    PgTarget,
+    connection_errors,
+    migrate_target,
+    parse_dsn,
+)
 
 if TYPE_CHECKING:
     from snapshotd.journals.migrate import Conn
@@ -60,3 +69,20 @@ async def layout_problem(conn: Conn, target: PgTarget, index: int, count: int) -
     if found != (index, count):
         return _disagreement(target, found, index, count)
     return None
+
+
+async def migrate_shards(dsns: list[str]) -> list[list[str]]:
+    """``snapshotd migrate`` given several DSNs: migrate each shard, then record its
+    place (index, count); MigrationError when one already holds another place."""
+    targets = [parse_dsn(dsn) for dsn in dsns]
+    results: list[list[str]] = []
+    for index, target in enumerate(targets):
+        results.append(await migrate_target(target))
+        with connection_errors(target.description):
+            conn = await asyncpg.connect(target.dsn, timeout=10)
+            try:
+                await record_layout(conn, target, index, len(targets))
+            finally:
+                with anyio.move_on_after(5, shield=True):
+                    await conn.close()
+    return results
