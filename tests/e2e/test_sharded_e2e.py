@@ -81,3 +81,19 @@ def test_a_list_in_the_wrong_order_keeps_journal_up_false(
         assert [s["up"] for s in status["shards"]] == [True, False, False]
     assert wait_for(lambda: "shard_layout_mismatch" in daemon.log(), timeout=10)
     assert "is shard 2 of 3, but is listed as shard 1 of 3" in daemon.log()
+
+
+def test_two_daemons_divide_the_slices_of_three_shards_and_take_over(
+    pg_shards: list[Cluster], daemons: list[DaemonProcess]
+) -> None:
+    shards = sharded_dsns(pg_shards)
+    pair = [start(daemons, shards, "slice_lease_s = 2") for _ in range(2)]
+
+    def owned(process: DaemonProcess) -> int:
+        with process.client() as client:
+            slices = client.call("status")["instances"]["default"]["slices"]
+        return int(slices["owned"])
+
+    assert wait_for(lambda: [owned(d) for d in pair] == [512, 512], timeout=20)
+    pair[0].kill()
+    assert wait_for(lambda: owned(pair[1]) == 1024, timeout=10)

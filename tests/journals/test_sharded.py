@@ -134,3 +134,21 @@ async def test_a_shard_that_is_down_makes_only_its_runs_unavailable(
                 await anyio.sleep(0.1)
         run = await journal.get_run(by_shard[1])
         assert run is not None and run.run_id == by_shard[1]
+
+
+async def test_each_slice_lease_lives_in_the_shard_of_its_slice(pg_shards: list[Cluster]) -> None:
+    dsns = sharded_dsns(pg_shards)
+    async with kept(ShardedJournal(dsns)) as journal:
+        store = journal.slice_store
+        view = await store.beat("m1", 10)
+        assert view.members == ["m1"] and view.leases == {}
+        assert await store.claim("m1", range(1024), 10) == list(range(1024))
+        assert set((await store.beat("m2", 10)).members) == {"m1", "m2"}
+        for index, (cluster, dsn) in enumerate(zip(pg_shards, dsns, strict=True)):
+            schema = dsn.rpartition("schema=")[2]
+            held = cluster.psql(f"SELECT min(slice), max(slice) FROM {schema}.slice_leases")
+            assert held == f"{index * 1024 // 3}|{(index + 1) * 1024 // 3 - 1}"
+        await store.release("m1", [0, 1000])
+        assert set((await store.beat("m1", 10)).leases) == set(range(1, 1024)) - {1000}
+        await store.leave("m1")
+        assert (await store.beat("m2", 10)).leases == {}

@@ -52,6 +52,7 @@ async def test_two_keepers_split_the_slices_and_forward_hints(
     assert a.slices is not None and b.slices is not None
     await _beat(a)
     assert a.status()["slices"] == {"owned": SLICES, "total": SLICES}
+    assert a.status()["shards"] is None
     await _beat(b, a, b)  # b joins, a sheds half, b takes it
     owned = [a.slices.owned_count(), b.slices.owned_count()]
     assert owned == [SLICES // 2, SLICES // 2]
