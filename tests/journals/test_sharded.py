@@ -11,8 +11,9 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from snapshotd.domain.errors import Unavailable
+from snapshotd.domain.errors import ConfigError, Unavailable
 from snapshotd.domain.model import NewEvent
+from snapshotd.journals.factory import journal_from_url
 from snapshotd.journals.postgres.sharded import ShardedJournal
 from tests.conftest import sharded_dsns
 from tests.journals.pg_cluster import Cluster
@@ -152,3 +153,18 @@ async def test_each_slice_lease_lives_in_the_shard_of_its_slice(pg_shards: list[
         assert set((await store.beat("m1", 10)).leases) == set(range(1, 1024)) - {1000}
         await store.leave("m1")
         assert (await store.beat("m2", 10)).leases == {}
+
+
+def test_listen_dsns_go_one_per_shard() -> None:
+    with pytest.raises(ConfigError, match="listen_dsn lists 1 DSNs for 2 shards"):
+        ShardedJournal(["postgresql://a/x", "postgresql://b/x"], listen_dsns=["postgresql://c/x"])
+    with pytest.raises(ConfigError, match="one listen DSN per shard"):
+        journal_from_url(("postgresql://a/x",), listen_dsn="postgresql://c/x")
+    with pytest.raises(ConfigError, match="a list goes with a sharded journal"):
+        journal_from_url("postgresql://a/x", listen_dsn=("postgresql://c/x",))
+    with pytest.raises(ConfigError, match="at least one DSN"):
+        ShardedJournal([])
+    sharded = journal_from_url(("postgresql://u@a/x", "postgresql://u@b/x"))
+    assert isinstance(sharded, ShardedJournal)
+    assert sharded.description == "postgresql://u@a/x postgresql://u@b/x"
+    assert not sharded.up
