@@ -5,25 +5,31 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snapshotd.domain.model import DuePoint, utcnow
+from snapshotd.domain.slices import run_slice
 from snapshotd.journals.base import DueRun, Journal, SchedulesSweeps
+from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.memory import MemoryJournal
 from snapshotd.runtime.actor import sweep_due
 from snapshotd.runtime.instance import Instance
 
-from .support import append, make_instance, new_run
+from .support import append, new_run
+from .support import make_instance as _make_instance
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+@pytest.fixture(params=["memory", "fs", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "memory":
         opened: Journal = MemoryJournal()
+    elif request.param == "fs":
+        opened = FsJournal(tmp_path / "journal")
     else:
         from snapshotd.journals.postgres import PostgresJournal
 
@@ -34,6 +40,14 @@ async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         yield opened
     finally:
         await opened.aclose()
+
+
+def make_instance(journal: Any, **settings: Any) -> Instance:
+    """An instance that sweeps every slice: these tests are about scheduling alone
+    (slice ownership has tests/runtime/test_slices.py)."""
+    instance = _make_instance(journal, **settings)
+    instance.slices = None
+    return instance
 
 
 async def drain(instance: Instance) -> None:
@@ -114,3 +128,15 @@ async def test_checks_of_a_known_run_write_nothing(journal: Any) -> None:
         await drain(inst)
     assert calls == 0
     assert isinstance(journal, SchedulesSweeps)
+
+
+async def test_a_sweep_can_be_limited_to_some_slices(journal: Any) -> None:
+    make_instance(journal, snapshot_threshold=2)
+    ids = [f"slice-{i}" for i in range(6)]
+    for run_id in ids:
+        await new_run(journal, run_id, 3)
+    mine = {run_slice(ids[0]), run_slice(ids[1])}
+    found = await journal.sweep_due(utcnow(), 100, None, sorted(mine))
+    expected = sorted(r for r in ids if run_slice(r) in mine)
+    assert sorted(d.run_id for d in found) == expected
+    assert sorted(d.run_id for d in await journal.sweep_due(utcnow(), 100, None)) == ids
