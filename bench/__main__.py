@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench import ours, report
 from bench.daemon import SNAPSHOTD, Daemon
+from bench.incremental import bench_incremental
 from bench.stats import Figure, cross_ratio
 from bench.targets import evaluate, spec_targets
 
@@ -38,6 +39,8 @@ FULL = ours.Plan(
     flood_requests=1_000_000,
     flood_queue=100,
     flood_runs=200,
+    inc_starts=(1_000, 100_000),
+    inc_consecutive=100,
 )
 QUICK = ours.Plan(
     sizes=(1_000, 10_000),
@@ -48,6 +51,8 @@ QUICK = ours.Plan(
     flood_requests=200_000,
     flood_queue=100,
     flood_runs=50,
+    inc_starts=(1_000, 2_000),
+    inc_consecutive=10,
 )
 
 METHOD = """
@@ -64,6 +69,14 @@ METHOD = """
   would, and is what the eventsourcing comparison uses.
 - **snapshot cost**: `snapshot_now` (force) 100 events past the previous snapshot, on
   the 1,000-event run and on the largest run, request to reply.
+- **incremental snapshots**: per reducer (`steps`, `last_by_key`, `merge_patch`; the
+  data as above, so a `steps` state holds every event: ~10 MB at 100,000 events) and
+  journal, a run built as it lives with the default threshold (100 events appended,
+  `snapshot_now`, again and again) up to seq 1,000 or 100,000, then the mean of 100
+  consecutive `snapshot_now` calls each 100 events past the previous (delta merges and
+  consolidations included), with `max_snapshot_bytes` above the state's size. Storage:
+  the bytes the run's snapshot files or rows take (links included) beside the
+  `size_bytes` of its kept snapshots (what storing them whole took before chains).
 - **fire-and-forget**: N `snapshot` requests without id over 100 runs of the `bench`
   workflow (their attempts end as `disabled`, without writes), then a `ping` with id
   on the same connection; its reply (replies are in order) marks the end.
@@ -166,6 +179,18 @@ def measure(plan: ours.Plan, workdir: Path, journals: list[str], sections: Secti
             return
         conn = stack.enter_context(daemon.connect())
         sections.run("load", lambda: ours.bench_load_and_snapshot(conn, journals, plan))
+        sections.run(
+            "incremental",
+            lambda: bench_incremental(
+                conn,
+                journals,
+                plan.inc_starts,
+                plan.inc_consecutive,
+                plan.repeats,
+                workdir / "data",
+                pg_dsn,
+            ),
+        )
         sections.run("latency", lambda: ours.bench_latency(socket_path, plan))
         sections.run("fire_and_forget", lambda: ours.bench_fire_and_forget(socket_path, plan))
         if daemon.process is not None and daemon.process.poll() is not None:

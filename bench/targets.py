@@ -93,6 +93,18 @@ def spec_targets(largest: int, low: int, journals: tuple[str, ...]) -> list[Targ
                 full_size=True,
             ),
         ]
+        for reducer in ("steps", "last_by_key", "merge_patch"):
+            targets.append(
+                Target(
+                    f"mean of 100 consecutive snapshots from seq 100,000 / from 1,000,"
+                    f" {reducer} ({name})",
+                    f"inc.{journal}.{reducer}.ratio",
+                    "<=",
+                    1.5,
+                    "x",
+                    full_size=True,
+                )
+            )
     targets += [
         Target(
             f"snapshot at {largest:,}: eventsourcing take_snapshot time / ours (PostgreSQL)",

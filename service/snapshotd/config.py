@@ -18,12 +18,14 @@ from typing import Any
 
 from snapshotd.domain.errors import ConfigError
 from snapshotd.domain.policies import Policy
+from snapshotd.dsn import InvalidDsn, check_dsn
 
 DEFAULT_INSTANCE = "default"
 DEFAULT_JOURNAL = "fs:./data"
 DEFAULT_SOCKET_PATH = "./snapshotd.sock"
 DEFAULT_QUEUE_CAPACITY = 10_000
 DEFAULT_AUDIT_RETENTION_S = 2_592_000.0
+DEFAULT_SLICE_LEASE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,9 @@ class SocketConfig:
     max_frame_bytes: int = 1_048_576
     allowed_uids: tuple[int, ...] | None = None
     max_connections: int = 1024
+    idle_timeout_s: float = 300.0
+    """0 disables: connections may then stay idle forever."""
+    max_buffered_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +48,9 @@ class InstanceConfig:
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
     audit_retention_s: float = DEFAULT_AUDIT_RETENTION_S
     """0 keeps audit entries forever."""
-    listen_dsn: str | None = None
-    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler."""
+    slice_lease_s: float = DEFAULT_SLICE_LEASE_S
+    listen_dsn: str | tuple[str, ...] | None = None
+    """A direct DSN for LISTEN (a list, shard by shard, for a sharded journal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,13 @@ def _seconds(value: Any, *, allow_zero: bool) -> float:
 
 
 def _interval(value: Any) -> float:
+    seconds = _seconds(value, allow_zero=True)
+    if 0 < seconds < 1:
+        raise _Invalid("must be 0 (disabled) or a number of seconds >= 1")
+    return seconds
+
+
+def _seconds_or_zero(value: Any) -> float:
     return _seconds(value, allow_zero=True)
 
 
@@ -128,17 +141,36 @@ def _callable_name(value: Any) -> str:
 def _journal(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("must be a string")
-    if value == "memory:" or value.startswith(("postgresql://", "postgres://")):
+    if value == "memory:":
         return value
+    if value.startswith(("postgresql://", "postgres://")):
+        return _dsn(value)
     if value.startswith("fs:") and len(value) > 3:
         return value
     raise _Invalid("must be 'memory:', 'fs:PATH' or 'postgresql://...'")
 
 
-def _listen_dsn(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+def _dsn(value: Any) -> str:
+    if not isinstance(value, str):
         raise _Invalid("must be a postgresql:// DSN")
+    try:
+        check_dsn(value)
+    except InvalidDsn as exc:
+        raise _Invalid(f"invalid PostgreSQL DSN: {exc}") from None
     return value
+
+
+def _dsns(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise _Invalid("must be a postgresql:// DSN or a non-empty list of them")
+        for index, item in enumerate(value):
+            try:
+                _dsn(item)
+            except _Invalid as exc:
+                raise _Invalid(f"item {index}: {exc}") from None
+        return tuple(value)
+    return _dsn(value)
 
 
 def _mode(value: Any) -> int:
@@ -177,6 +209,12 @@ def _env_str(text: str) -> Any:
     return text
 
 
+def _env_list(text: str) -> Any:
+    """Whitespace-separated items (SPEC section 4); a single item stays a plain value."""
+    items = text.split()
+    return items[0] if len(items) == 1 else items
+
+
 def _env_uids(text: str) -> Any:
     parts = [p for p in re.split(r"[\s,\[\]]+", text) if p]
     return [_env_int(p) for p in parts]
@@ -202,8 +240,9 @@ _INSTANCE_KEYS: dict[str, _Key] = {
     **_POLICY_KEYS,
     "journal": _Key(_journal, _env_str),
     "queue_capacity": _QUEUE_CAPACITY,
-    "audit_retention_s": _Key(_interval, _env_number),
-    "listen_dsn": _Key(_listen_dsn, _env_str),
+    "audit_retention_s": _Key(_seconds_or_zero, _env_number),
+    "slice_lease_s": _Key(_ttl, _env_number),
+    "listen_dsn": _Key(_dsns, _env_list),
 }
 _WORKFLOW_KEYS: dict[str, _Key] = {**_POLICY_KEYS, "queue_capacity": _QUEUE_CAPACITY}
 _SOCKET_KEYS: dict[str, _Key] = {
@@ -212,6 +251,8 @@ _SOCKET_KEYS: dict[str, _Key] = {
     "max_frame_bytes": _Key(_positive_int, _env_int),
     "allowed_uids": _Key(_uids, _env_uids),
     "max_connections": _Key(_positive_int, _env_int),
+    "idle_timeout_s": _Key(_seconds_or_zero, _env_number),
+    "max_buffered_bytes": _Key(_positive_int, _env_int),
 }
 _TABLE_KEYS = {"instances": _INSTANCE_KEYS, "workflows": _WORKFLOW_KEYS}
 
@@ -275,6 +316,12 @@ def _check(keys: Mapping[str, _Key], where: str, key: str, value: Any, source: s
 
 NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS", "SNAPSHOTD_DSN"})
 """``SNAPSHOTD_*`` variables that are not configuration keys (see docs/operations.md)."""
+_SERVICE_LINKS = re.compile(r"SNAPSHOTD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?)")
+"""What Kubernetes injects into every pod of a namespace with a Service named snapshotd."""
+
+
+def _ignored(upper: str) -> bool:
+    return upper in NON_CONFIG_ENV or _SERVICE_LINKS.fullmatch(upper) is not None
 
 
 def _apply_env(
@@ -292,7 +339,7 @@ def _apply_env(
             socket[key] = _check(_SOCKET_KEYS, "socket", key, value, f" (from {var})")
             continue
         if not upper.startswith(("SNAPSHOTD_INSTANCES", "SNAPSHOTD_WORKFLOWS")):
-            if upper.startswith("SNAPSHOTD_") and upper not in NON_CONFIG_ENV:
+            if upper.startswith("SNAPSHOTD_") and not _ignored(upper):
                 raise ConfigError(
                     f"{var}: unknown setting (expected SNAPSHOTD_SOCKET_<KEY>, "
                     "SNAPSHOTD_INSTANCES__<NAME>__<KEY> or SNAPSHOTD_WORKFLOWS__<NAME>__<KEY>)"
@@ -346,6 +393,7 @@ def _build(
             policy=Policy().with_overrides(overrides),
             queue_capacity=values.get("queue_capacity", DEFAULT_QUEUE_CAPACITY),
             audit_retention_s=values.get("audit_retention_s", DEFAULT_AUDIT_RETENTION_S),
+            slice_lease_s=values.get("slice_lease_s", DEFAULT_SLICE_LEASE_S),
             listen_dsn=values.get("listen_dsn"),
         )
     workflows: dict[str, WorkflowConfig] = {}

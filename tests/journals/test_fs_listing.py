@@ -44,16 +44,20 @@ async def fs(root: Path) -> AsyncIterator[FsJournal]:
         await journal.aclose()
 
 
+def _cached(fs: FsJournal) -> set[str]:
+    return {f"r{index}" for index in range(6) if fs._runs.get(f"r{index}") is not None}
+
+
 async def test_a_page_fills_the_caches_of_the_runs_it_lists_only(fs: FsJournal) -> None:
     page = await fs.run_summaries("r0", 2, None)
     assert [s.run_id for s in page] == ["r1", "r2"]
-    assert set(fs._runs) == {"r1", "r2"}
+    assert _cached(fs) == {"r1", "r2"}
 
 
 async def test_a_workflow_filter_passes_over_other_runs_by_their_record(fs: FsJournal) -> None:
     page = await fs.run_summaries(None, 10, "wf")
     assert [(s.run_id, s.last_seq) for s in page] == [("r0", 2), ("r3", 2)]
-    assert set(fs._runs) == {"r0", "r3"}
+    assert _cached(fs) == {"r0", "r3"}
 
 
 async def test_damaged_runs_are_left_out(fs: FsJournal, root: Path) -> None:

@@ -161,6 +161,14 @@ async def savepoint_load(daemon: Daemon, req: Request) -> Result:
     return {"timestamp_ms": loaded.savepoint.timestamp_ms, "entities": entities}
 
 
+SAVEPOINT_FIELDS: dict[str, str] = {
+    "savepoint_init": "run start_ms interval_ms entities",
+    "savepoint_save": "run entity timestamp_ms state",
+    "savepoint_ack": "run entity timestamp_ms",
+    "savepoint_load": "run resume",
+}
+"""The fields of each savepoint op besides the envelope, space-separated."""
+
 SAVEPOINT_OPS: dict[str, Callable[[Daemon, Request], Awaitable[Result]]] = {
     "savepoint_init": savepoint_init,
     "savepoint_save": savepoint_save,

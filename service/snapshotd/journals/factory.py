@@ -6,11 +6,12 @@ from snapshotd.domain.errors import ConfigError
 from snapshotd.journals.base import Journal
 
 
-def journal_from_url(url: str, *, listen_dsn: str | None = None) -> Journal:
+def journal_from_url(url: str, *, listen_dsn: str | tuple[str, ...] | None = None) -> Journal:
     """Build (not open) the adapter for ``url``; ConfigError for an unknown kind.
 
     ``listen_dsn``: PostgreSQL only, a direct DSN for LISTEN (when ``url`` goes
-    through a transaction-pooling proxy).
+    through a transaction-pooling proxy); a list is for a sharded journal, whose
+    first DSN is the one a single database uses.
     """
     if url == "memory:":
         from snapshotd.journals.memory import MemoryJournal
@@ -26,5 +27,6 @@ def journal_from_url(url: str, *, listen_dsn: str | None = None) -> Journal:
     if url.startswith(("postgresql://", "postgres://")):
         from snapshotd.journals.postgres import PostgresJournal
 
-        return PostgresJournal(url, listen_dsn=listen_dsn)
+        listen = listen_dsn[0] if isinstance(listen_dsn, tuple) else listen_dsn
+        return PostgresJournal(url, listen_dsn=listen)
     raise ConfigError(f"journal {url!r}: expected 'memory:', 'fs:PATH' or 'postgresql://...'")

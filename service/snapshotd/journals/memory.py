@@ -25,7 +25,15 @@ from snapshotd.domain.model import (
     utcnow,
 )
 from snapshotd.domain.policies import newest_first
-from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
+from snapshotd.journals.base import (
+    FIRST_RETRY_S,
+    UNSET,
+    Document,
+    DueRun,
+    EventPage,
+    _Unset,
+    kept_bases,
+)
 from snapshotd.journals.records import event_json
 
 
@@ -138,7 +146,7 @@ class MemoryJournal:
                 (
                     m
                     for m in newest_first(s.meta for s in state.snapshots.values())
-                    if m.version == run.version and m.through_seq <= run.last_seq
+                    if m.version == run.version and m.through_seq <= run.last_seq and not m.retired
                 ),
                 None,
             )
@@ -200,25 +208,41 @@ class MemoryJournal:
         return EventPage(page, last, last < state.run.last_seq)
 
     async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
+        snaps = self._state(run_id).snapshots.values()
+        return newest_first(s.meta for s in snaps if not s.meta.retired)
+
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
         return newest_first(s.meta for s in self._state(run_id).snapshots.values())
 
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        snapshot = await self.read_link(run_id, snapshot_id)
+        if snapshot.meta.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return snapshot
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         try:
             return self._state(run_id).snapshots[snapshot_id]
         except KeyError:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        return [await self.read_link(run_id, sid) for sid in snapshot_ids]
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
         state = self._state(meta.run_id)
         if lease is not None and state.run.lease is not None and lease != state.run.lease:
             raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+        if meta.base_id is not None and meta.base_id not in state.snapshots:
+            raise Superseded(f"run {meta.run_id!r}: base link {meta.base_id} is gone")
         if meta.kind != "safety":
             for other in state.snapshots.values():
                 if (
                     other.meta.kind != "safety"
                     and other.meta.version == meta.version
                     and other.meta.through_seq >= meta.through_seq
+                    and not other.meta.retired
                 ):
                     raise Superseded(
                         f"run {meta.run_id!r} already has a snapshot through seq "
@@ -228,7 +252,18 @@ class MemoryJournal:
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         snaps = self._state(run_id).snapshots
-        return sum(snaps.pop(sid, None) is not None for sid in snapshot_ids)
+        doomed = kept_bases(snaps.values(), snapshot_ids)
+        return sum(snaps.pop(sid, None) is not None for sid in doomed)
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        snaps = self._state(run_id).snapshots
+        retired = 0
+        for sid in snapshot_ids:
+            snap = snaps.get(sid)
+            if snap is not None and not snap.meta.retired:
+                snaps[sid] = replace(snap, meta=replace(snap.meta, retired=True, pinned=False))
+                retired += 1
+        return retired
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         snap = await self.read_snapshot(run_id, snapshot_id)
@@ -269,7 +304,11 @@ class MemoryJournal:
         due: list[str] = []
         for run_id, state in sorted(self._runs.items()):
             latest = max(
-                (s.meta for s in state.snapshots.values() if s.meta.version == state.run.version),
+                (
+                    s.meta
+                    for s in state.snapshots.values()
+                    if s.meta.version == state.run.version and not s.meta.retired
+                ),
                 key=SnapshotMeta.order_key,
                 default=None,
             )

@@ -25,6 +25,7 @@ from snapshotd.domain.reducers import Reducer
 from snapshotd.journals.base import Journal, KeepsConnected, QueuesAudit
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
@@ -150,6 +151,7 @@ class Instance:
         self.reporter = CorruptionReporter(
             config.name, self.record_audit, self.health.corruption_found
         )
+        self.chains = Chains(journal, self.reporter)
         # Whether the journal answered the last snapshot attempt: the cheap signal
         # behind ``snapshotd.journal.up`` (a journal with its own probe replaces it).
         self.journal_answers = True

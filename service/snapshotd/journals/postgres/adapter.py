@@ -267,12 +267,35 @@ class PostgresJournal:
                     await self._require_run(conn, run_id)
         return [meta(row) for row in rows]
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        with self._errors("list_links"):
+            async with self._p.acquire() as conn:
+                rows = await conn.fetch(self._q.list_links, run_id)
+                if not rows:
+                    await self._require_run(conn, run_id)
+        return [meta(row) for row in rows]
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        snapshot = await self.read_link(run_id, snapshot_id)
+        if snapshot.meta.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return snapshot
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         with self._errors("read_snapshot"):
             row = await self._p.fetchrow(self._q.read_snapshot, run_id, snapshot_id)
         if row is None:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
         return Snapshot(meta(row), row["payload"])
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        with self._errors("read_links"):
+            rows = await self._p.fetch(self._q.read_links, run_id, list(snapshot_ids))
+        found = {row["snapshot_id"]: Snapshot(meta(row), row["payload"]) for row in rows}
+        missing = [sid for sid in snapshot_ids if sid not in found]
+        if missing:
+            raise NotFound(f"snapshot {missing[0]!r} of run {run_id!r} not found")
+        return [found[sid] for sid in snapshot_ids]
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         """One transaction holding the run's advisory xact lock (key in docs/postgres.md).
@@ -288,8 +311,17 @@ class PostgresJournal:
                 await write_locked(conn, self._q, key, snapshot, lease)
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Under the run's lock, so a link a concurrent write stores a delta on (it
+        holds the lock until it commits) is seen as needed and kept."""
         with self._errors("delete_snapshots"):
-            status = await self._p.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+            async with self._p.acquire() as conn, conn.transaction():
+                await conn.execute(self._q.lock, self._target.lock_key(f"run:{run_id}"))
+                status = await conn.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+        return int(status.rpartition(" ")[2])
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        with self._errors("retire_snapshots"):
+            status = await self._p.execute(self._q.retire_snapshots, run_id, list(snapshot_ids))
         return int(status.rpartition(" ")[2])
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:

@@ -29,6 +29,9 @@ def meta(row: asyncpg.Record) -> SnapshotMeta:
         pinned=row["pinned"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        base_id=row["base_id"],
+        stored_bytes=row["stored_bytes"],
+        retired=row["retired"],
         label=row["label"],
     )
 

@@ -39,6 +39,8 @@ async def write_locked(
     current = lease_row["lease"]
     if lease is not None and current is not None and lease != current:
         raise StaleLease(f"run {m.run_id!r} is leased to another owner")
+    if m.base_id is not None and not await conn.fetchval(q.lock_base, m.run_id, m.base_id):
+        raise Superseded(f"run {m.run_id!r}: base link {m.base_id} is gone")
     if m.kind != "safety":
         latest = await conn.fetchrow(q.latest_progress, m.run_id, m.version)
         if latest is not None:
@@ -64,6 +66,8 @@ async def write_locked(
             m.expires_at,
             m.label,
             snapshot.payload,
+            m.base_id,
+            m.stored_bytes,
         )
     except asyncpg.UniqueViolationError:
         raise Superseded(
