@@ -43,6 +43,8 @@ class Plan:
     """Incremental snapshots: the two starting seqs compared (SPEC: 1,000 and 100,000)."""
     inc_consecutive: int
     """Incremental snapshots: consecutive snapshots averaged (SPEC: 100)."""
+    scale_runs: int
+    throughput_runs: int
 
     @property
     def largest(self) -> int:

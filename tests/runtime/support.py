@@ -121,7 +121,7 @@ async def append(
 async def settle(instance: Instance, timeout: float = 5.0) -> None:
     """Wait until the instance's mailbox is empty and no Job is in flight."""
     with anyio.fail_after(timeout):
-        while len(instance.mailbox) or instance.in_flight is not None:
+        while len(instance.mailbox) or instance.in_flight:
             await anyio.sleep(0.005)
 
 

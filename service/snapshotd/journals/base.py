@@ -234,8 +234,15 @@ class SchedulesSweeps(Protocol):
     that later. ``get_run`` returns the recorded point in ``Run.due``.
     """
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
-        """Runs due at ``now`` after ``after`` in (due time, run id) order, at most ``limit``.
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        """Runs due at ``now`` after ``after`` in (due time, run id) order, at most ``limit``;
+        with ``slices``, only runs of those slices (``domain.slices.run_slice``).
 
         Costs in proportion to the runs returned (an index on the due time), never
         to all runs.
@@ -325,6 +332,47 @@ class WatchesAppends(Protocol):
         cancellation.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class SliceView:
+    """What one heartbeat saw: live daemons, and unexpired leases (slice -> holder)."""
+
+    members: list[str]
+    leases: dict[int, str]
+
+
+class SliceStore(Protocol):
+    """Leases on the 1024 slices, shared by the daemons of one database.
+
+    Expiry runs on the store's clock. Every method may raise Unavailable.
+    """
+
+    async def beat(self, member: str, lease_s: float) -> SliceView:
+        """Renew ``member`` and every lease it holds for ``lease_s``; what is live now."""
+        ...
+
+    async def claim(self, member: str, slices: Sequence[int], lease_s: float) -> list[int]:
+        """Take those of ``slices`` that are free or expired; returns the ones taken."""
+        ...
+
+    async def release(self, member: str, slices: Sequence[int]) -> None: ...
+
+    async def leave(self, member: str) -> None:
+        """Give up every lease and the membership (a clean stop)."""
+        ...
+
+    async def forward(self, run_ids: Sequence[str]) -> None:
+        """Pass snapshot hints to whichever daemon holds each run's slice."""
+        ...
+
+
+@runtime_checkable
+class DividesSlices(Protocol):
+    """A journal several daemons share, dividing its runs' slices with leases."""
+
+    @property
+    def slice_store(self) -> SliceStore: ...
 
 
 @runtime_checkable

@@ -6,12 +6,11 @@ from snapshotd.domain.errors import ConfigError
 from snapshotd.journals.base import Journal
 
 
-def journal_from_url(url: str, *, listen_dsn: str | tuple[str, ...] | None = None) -> Journal:
+def journal_from_url(url: str, *, listen_dsn: str | None = None) -> Journal:
     """Build (not open) the adapter for ``url``; ConfigError for an unknown kind.
 
     ``listen_dsn``: PostgreSQL only, a direct DSN for LISTEN (when ``url`` goes
-    through a transaction-pooling proxy); a list is for a sharded journal, whose
-    first DSN is the one a single database uses.
+    through a transaction-pooling proxy).
     """
     if url == "memory:":
         from snapshotd.journals.memory import MemoryJournal
@@ -27,6 +26,5 @@ def journal_from_url(url: str, *, listen_dsn: str | tuple[str, ...] | None = Non
     if url.startswith(("postgresql://", "postgres://")):
         from snapshotd.journals.postgres import PostgresJournal
 
-        listen = listen_dsn[0] if isinstance(listen_dsn, tuple) else listen_dsn
-        return PostgresJournal(url, listen_dsn=listen)
+        return PostgresJournal(url, listen_dsn=listen_dsn)
     raise ConfigError(f"journal {url!r}: expected 'memory:', 'fs:PATH' or 'postgresql://...'")

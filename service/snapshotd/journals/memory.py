@@ -25,6 +25,7 @@ from snapshotd.domain.model import (
     utcnow,
 )
 from snapshotd.domain.policies import newest_first
+from snapshotd.domain.slices import run_slice
 from snapshotd.journals.base import (
     FIRST_RETRY_S,
     UNSET,
@@ -271,9 +272,18 @@ class MemoryJournal:
             snap, meta=replace(snap.meta, pinned=pinned)
         )
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        wanted = None if slices is None else set(slices)
         found = []
         for run_id, state in self._runs.items():
+            if wanted is not None and run_slice(run_id) not in wanted:
+                continue
             at = state.sweep_at()
             if at is not None and at <= now:
                 item = DueRun(at, run_id)

@@ -1,9 +1,13 @@
 """Per-instance tasks: the snapshotter actor under its supervisor, the sweep, the watcher.
 
-The actor takes one Job at a time from the instance's mailbox. Attempts never raise
-(see ``runtime.attempt``), so a crash of the loop itself is a bug; the supervisor
-then restarts it with capped exponential backoff, counting the restart, and the
-instance keeps taking requests meanwhile (the bounded mailbox absorbs them).
+The actor takes Jobs from the instance's mailbox and runs up to
+``instance.max_in_flight`` attempts at once, each of a different run (the mailbox
+never hands out a run in flight, so each run's attempts keep their order). An
+attempt spends most of its time waiting for the journal, so overlapping them is
+what makes one actor fast. Attempts never raise (see ``runtime.attempt``), so a
+crash of the loop itself is a bug; the supervisor then restarts it with capped
+exponential backoff, counting the restart, and the instance keeps taking requests
+meanwhile (the bounded mailbox absorbs them).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import anyio
-import anyio.lowlevel
 import structlog
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
@@ -29,7 +32,7 @@ from snapshotd.journals.base import (
     WatchesAppends,
 )
 from snapshotd.runtime.instance import Instance
-from snapshotd.runtime.mailbox import MailboxClosed
+from snapshotd.runtime.mailbox import Job, MailboxClosed
 
 _log = structlog.get_logger("snapshotd.actor")
 
@@ -72,9 +75,16 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
-                    await journal.watch_appends(instance.trigger, instance.journal_reconnected)
+                    await journal.watch_appends(instance.notified, instance.journal_reconnected)
 
                 tg.start_soon(supervise, instance, "watcher", watch)
+            keeper = instance.slices
+            if keeper is not None:
+
+                async def keep(instance: Instance) -> None:
+                    await keeper.run(instance.request_sweep)
+
+                tg.start_soon(supervise, instance, "slices", keep)
 
 
 async def supervise(
@@ -121,19 +131,34 @@ async def supervise(
 
 
 async def actor_loop(instance: Instance) -> None:
-    """Take Jobs one at a time until the mailbox closes."""
-    while True:
+    """Take Jobs until the mailbox closes, then let the attempts in flight finish."""
+    mailbox = instance.mailbox
+    slots = anyio.Semaphore(instance.max_in_flight)
+
+    async def run(job: Job) -> None:
         try:
-            job = await instance.mailbox.get()
-        except MailboxClosed:
-            return
-        instance.in_flight = job
-        await instance.handle(job)
-        instance.in_flight = None
-        # An attempt can end without yielding (a cached run, a cheap skip) and the
-        # mailbox hands out queued Jobs without waiting: one step per attempt keeps
-        # the socket readers and the other instances served.
-        await anyio.lowlevel.checkpoint()
+            await instance.handle(job)
+        finally:
+            mailbox.done(job.run_id)
+            slots.release()
+        # Only an attempt that ended leaves: a crash (or the drain deadline) leaves
+        # the rest for task_crashed to account for.
+        del instance.in_flight[job.run_id]
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            # A free slot first: Jobs wait in the mailbox, where requests coalesce.
+            # The semaphore yields even when free, so a mailbox full of cheap skips
+            # still leaves the socket readers and the other instances their turn.
+            await slots.acquire()
+            if tg.cancel_scope.cancel_called:
+                return  # an attempt crashed: leave, so the task group raises its error
+            try:
+                job = await mailbox.get()
+            except MailboxClosed:
+                return
+            instance.in_flight[job.run_id] = job
+            tg.start_soon(run, job)
 
 
 async def sweep_loop(instance: Instance) -> None:
@@ -172,8 +197,11 @@ async def sweep_due(
     room = instance.mailbox.capacity - len(instance.mailbox)
     if room <= 0:
         return cursor
+    slices = None if instance.slices is None else instance.slices.sweep_slices()
+    if slices is not None and not slices:
+        return None
     try:
-        page = await journal.sweep_due(utcnow(), room, cursor)
+        page = await journal.sweep_due(utcnow(), room, cursor, slices)
     except (SnapshotdError, OSError) as exc:
         _log.warning("sweep_failed", instance=instance.name, error=f"{type(exc).__name__}: {exc}")
         return None

@@ -22,7 +22,8 @@ from snapshotd.domain.errors import Corrupt, SnapshotCorrupt, SnapshotdError
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
-from snapshotd.journals.base import Journal, KeepsConnected, QueuesAudit
+from snapshotd.domain.slices import SLICES
+from snapshotd.journals.base import DividesSlices, Journal, KeepsConnected, QueuesAudit
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
 from snapshotd.runtime.chains import Chains
@@ -30,6 +31,7 @@ from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
 )
+from snapshotd.runtime.slices import SliceKeeper
 from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
 
@@ -42,6 +44,10 @@ UNAUDITED_REASONS = SILENT_REASONS | {"no_run"}
 """Skips kept out of the audit log (still counted, logged and traced): routine checks,
 and requests naming a run the journal does not have. Any client can send those at
 will; auditing them would let a flood of typos grow the durable log, one write each."""
+
+MAX_IN_FLIGHT = 16
+"""Attempts the actor overlaps (each of a different run): enough to keep a journal's
+connections busy while one attempt waits, few enough to bound memory and the pool."""
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -160,10 +166,23 @@ class Instance:
         self.dropped = 0
         self.coalesced = 0
         self.restarts = 0
-        self.in_flight: Job | None = None
+        self.slices = (
+            SliceKeeper(
+                journal.slice_store, config.slice_lease_s, config.name, config.queue_capacity
+            )
+            if isinstance(journal, DividesSlices)
+            else None
+        )
+        """This daemon's leases on the slices of a shared journal (None: not shared)."""
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.in_flight: dict[str, Job] = {}
+        """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
         self.health.watch_up(lambda: self.journal_up)
+        keeper = self.slices
+        if keeper is not None:
+            self.health.watch_slices(keeper.owned_count)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )
@@ -199,6 +218,12 @@ class Instance:
         The hot path of a flood: the counts are plain ints, which the telemetry
         reads at export time.
         """
+        if self.slices is not None and self.slices.held_elsewhere(run_id):
+            # Another live daemon serves the run's slice: it gets the hint instead.
+            if self.slices.forward(run_id):
+                return "queued"
+            self.dropped += 1
+            return "dropped"
         status = self.mailbox.offer(run_id, lease)
         if status == "coalesced":
             self.coalesced += 1
@@ -209,6 +234,11 @@ class Instance:
     def trigger(self, run_id: str) -> None:
         """An internal check of ``run_id`` (sweep, append notification); never blocks."""
         self.mailbox.offer_internal(run_id)
+
+    def notified(self, run_id: str) -> None:
+        """An append notification (or a forwarded hint): checked when the slice is ours."""
+        if self.slices is None or self.slices.owns(run_id):
+            self.mailbox.offer_internal(run_id)
 
     def request_sweep(self) -> None:
         """Ask the sweep to look for due runs now (after missed append notifications).
@@ -343,12 +373,13 @@ class Instance:
             await self.record_audit("snapshot_skipped", **fields)
 
     def task_crashed(self, task: str) -> None:
-        """Account for a crashed loop; the actor's Job in flight ends as ``internal``."""
+        """Account for a crashed loop; the actor's Jobs in flight end as ``internal``."""
         if task == "actor":
-            job, self.in_flight = self.in_flight, None
-            if job is not None and job.requested:
-                self.skipped["internal"] += 1
-                self.telemetry.attempt_lost()
+            jobs, self.in_flight = self.in_flight, {}
+            for job in jobs.values():
+                if job.requested:
+                    self.skipped["internal"] += 1
+                    self.telemetry.attempt_lost()
         self.restarts += 1
         self.telemetry.restarted()
 
@@ -437,6 +468,9 @@ class Instance:
             "coalesced": self.coalesced,
             "restarts": self.restarts,
             "journal_up": self.journal_up,
+            "slices": None
+            if self.slices is None
+            else {"owned": self.slices.owned_count(), "total": SLICES},
         }
 
     @property

@@ -47,6 +47,7 @@ from snapshotd.journals.postgres.listener import Listener
 from snapshotd.journals.postgres.pool import PoolKeeper
 from snapshotd.journals.postgres.queries import Queries
 from snapshotd.journals.postgres.rows import checked_bodies, decode_events, meta, summary
+from snapshotd.journals.postgres.slices import PgSliceStore
 from snapshotd.journals.postgres.snapshots import write_locked
 from snapshotd.journals.records import dumps
 
@@ -90,6 +91,12 @@ class PostgresJournal:
             backoff_s=backoff_s,
         )
         self._audit = AuditBatches(lambda: self._p, self._q, self._errors)
+        self._slices = PgSliceStore(self._target, lambda: self._p)
+
+    @property
+    def slice_store(self) -> PgSliceStore:
+        """Leases on the slices, for daemons sharing this database (``DividesSlices``)."""
+        return self._slices
 
     @property
     def description(self) -> str:
@@ -330,10 +337,22 @@ class PostgresJournal:
         if not done:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        """``slices``: only runs of these slices (None: every run)."""
         start = (_MIN_TIME, "") if after is None else (after.due_at, after.run_id)
         with self._errors("sweep_due"):
-            rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+            if slices is None:
+                rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.sweep_due_slices, now, *start, limit, list(slices)
+                )
         return [DueRun(row[0], row[1]) for row in rows]
 
     async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:

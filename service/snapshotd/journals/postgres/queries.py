@@ -56,6 +56,7 @@ class Queries:
     set_pinned: str
     due_runs: str
     sweep_due: str
+    sweep_due_slices: str
     set_due: str
     record_failure: str
     lock: str

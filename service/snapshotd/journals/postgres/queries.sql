@@ -145,6 +145,13 @@ SELECT sweep_at, run_id FROM {schema}.runs
 WHERE sweep_at <= $1 AND (sweep_at, run_id) > ($2, $3)
 ORDER BY sweep_at, run_id LIMIT $4
 
+-- name: sweep_due_slices
+-- The same, for a daemon sharing the database: only the slices it holds.
+SELECT sweep_at, run_id FROM {schema}.runs
+WHERE sweep_at <= $1 AND (sweep_at, run_id) > ($2, $3)
+  AND {schema}.run_slice(run_id) = ANY($5::int[])
+ORDER BY sweep_at, run_id LIMIT $4
+
 -- name: set_due
 -- ready_at follows from the new point and the current last_seq (see migration 0002).
 UPDATE {schema}.runs SET snap_seq = $2, due_seq = $3, due_at = $4,
