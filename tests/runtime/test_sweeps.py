@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from snapshotd.domain.model import DuePoint, utcnow
@@ -53,7 +54,16 @@ def make_instance(journal: Any, **settings: Any) -> Instance:
 async def drain(instance: Instance) -> None:
     """Run every queued Job as the actor would, one after another."""
     while len(instance.mailbox):
-        await instance.handle(await instance.mailbox.get())
+        job = await instance.mailbox.get()
+        await instance.handle(job)
+        instance.mailbox.done(job.run_id)
+
+
+async def hold_every_slice(instance: Instance) -> None:
+    """A sole daemon on a shared journal: one heartbeat takes every slice."""
+    if instance.slices is not None:
+        await instance.slices.beat(anyio.current_time())
+        assert instance.slices.owned_count() == 1024
 
 
 async def test_failing_runs_sorted_first_do_not_starve_a_healthy_one(journal: Any) -> None:
@@ -65,6 +75,7 @@ async def test_failing_runs_sorted_first_do_not_starve_a_healthy_one(journal: An
         snapshot_threshold=2,
         workflows={"huge": {"max_snapshot_bytes": 1}},
     )
+    await hold_every_slice(inst)
     for i in range(8):
         await new_run(journal, f"a-{i}", 3, workflow="huge")
     await new_run(journal, "z-healthy", 3)
@@ -80,6 +91,7 @@ async def test_failing_runs_sorted_first_do_not_starve_a_healthy_one(journal: An
 
 async def test_points_are_recorded_when_first_seen_and_after_a_snapshot(journal: Any) -> None:
     inst = make_instance(journal, snapshot_threshold=5, snapshot_interval_s=0)
+    await hold_every_slice(inst)
     await new_run(journal, "r", 2)
     await sweep_due(inst, journal, None)
     await drain(inst)
@@ -97,6 +109,7 @@ async def test_points_are_recorded_when_first_seen_and_after_a_snapshot(journal:
 
 async def test_a_full_mailbox_is_paged_oldest_due_first(journal: Any) -> None:
     inst = make_instance(journal, capacity=2, snapshot_threshold=100)
+    await hold_every_slice(inst)
     for name in ["c", "b", "a"]:
         await new_run(journal, name, 1)
     cursor = await sweep_due(inst, journal, None)
@@ -111,6 +124,7 @@ async def test_a_full_mailbox_is_paged_oldest_due_first(journal: Any) -> None:
 
 async def test_checks_of_a_known_run_write_nothing(journal: Any) -> None:
     inst = make_instance(journal, snapshot_threshold=5)
+    await hold_every_slice(inst)
     await new_run(journal, "r", 1)
     inst.trigger("r")
     await drain(inst)
