@@ -22,13 +22,16 @@ from snapshotd.domain.errors import Corrupt, SnapshotCorrupt, SnapshotdError
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
-from snapshotd.journals.base import Journal
+from snapshotd.domain.slices import SLICES
+from snapshotd.journals.base import DividesSlices, Journal, KeepsConnected, QueuesAudit
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
 )
+from snapshotd.runtime.slices import SliceKeeper
 from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
 
@@ -41,6 +44,10 @@ UNAUDITED_REASONS = SILENT_REASONS | {"no_run"}
 """Skips kept out of the audit log (still counted, logged and traced): routine checks,
 and requests naming a run the journal does not have. Any client can send those at
 will; auditing them would let a flood of typos grow the durable log, one write each."""
+
+MAX_IN_FLIGHT = 16
+"""Attempts the actor overlaps (each of a different run): enough to keep a journal's
+connections busy while one attempt waits, few enough to bound memory and the pool."""
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -150,6 +157,7 @@ class Instance:
         self.reporter = CorruptionReporter(
             config.name, self.record_audit, self.health.corruption_found
         )
+        self.chains = Chains(journal, self.reporter)
         # Whether the journal answered the last snapshot attempt: the cheap signal
         # behind ``snapshotd.journal.up`` (a journal with its own probe replaces it).
         self.journal_answers = True
@@ -158,10 +166,23 @@ class Instance:
         self.dropped = 0
         self.coalesced = 0
         self.restarts = 0
-        self.in_flight: Job | None = None
+        self.slices = (
+            SliceKeeper(
+                journal.slice_store, config.slice_lease_s, config.name, config.queue_capacity
+            )
+            if isinstance(journal, DividesSlices)
+            else None
+        )
+        """This daemon's leases on the slices of a shared journal (None: not shared)."""
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.in_flight: dict[str, Job] = {}
+        """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
-        self.health.watch_up(lambda: self.journal_answers)
+        self.health.watch_up(lambda: self.journal_up)
+        keeper = self.slices
+        if keeper is not None:
+            self.health.watch_slices(keeper.owned_count)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )
@@ -197,6 +218,12 @@ class Instance:
         The hot path of a flood: the counts are plain ints, which the telemetry
         reads at export time.
         """
+        if self.slices is not None and self.slices.held_elsewhere(run_id):
+            # Another live daemon serves the run's slice: it gets the hint instead.
+            if self.slices.forward(run_id):
+                return "queued"
+            self.dropped += 1
+            return "dropped"
         status = self.mailbox.offer(run_id, lease)
         if status == "coalesced":
             self.coalesced += 1
@@ -207,6 +234,11 @@ class Instance:
     def trigger(self, run_id: str) -> None:
         """An internal check of ``run_id`` (sweep, append notification); never blocks."""
         self.mailbox.offer_internal(run_id)
+
+    def notified(self, run_id: str) -> None:
+        """An append notification (or a forwarded hint): checked when the slice is ours."""
+        if self.slices is None or self.slices.owns(run_id):
+            self.mailbox.offer_internal(run_id)
 
     def request_sweep(self) -> None:
         """Ask the sweep to look for due runs now (after missed append notifications).
@@ -341,12 +373,13 @@ class Instance:
             await self.record_audit("snapshot_skipped", **fields)
 
     def task_crashed(self, task: str) -> None:
-        """Account for a crashed loop; the actor's Job in flight ends as ``internal``."""
+        """Account for a crashed loop; the actor's Jobs in flight end as ``internal``."""
         if task == "actor":
-            job, self.in_flight = self.in_flight, None
-            if job is not None and job.requested:
-                self.skipped["internal"] += 1
-                self.telemetry.attempt_lost()
+            jobs, self.in_flight = self.in_flight, {}
+            for job in jobs.values():
+                if job.requested:
+                    self.skipped["internal"] += 1
+                    self.telemetry.attempt_lost()
         self.restarts += 1
         self.telemetry.restarted()
 
@@ -397,7 +430,14 @@ class Instance:
         }
 
     async def record_audit(self, kind: str, **fields: Any) -> None:
-        """Append to the audit log, best effort: a journal failure is logged, never raised."""
+        """Append to the audit log, best effort: a journal failure is logged, never raised.
+
+        A journal that batches audit writes gets the entry queued (written within
+        ~1 s by its writer task), so an attempt never waits for the audit log.
+        """
+        if isinstance(self.journal, QueuesAudit):
+            self.journal.queue_audit(kind, fields, utcnow())
+            return
         try:
             await self.journal.append_audit(kind, fields, utcnow())
         except (SnapshotdError, OSError, TypeError) as exc:
@@ -427,4 +467,16 @@ class Instance:
             "dropped": self.dropped,
             "coalesced": self.coalesced,
             "restarts": self.restarts,
+            "journal_up": self.journal_up,
+            "slices": None
+            if self.slices is None
+            else {"owned": self.slices.owned_count(), "total": SLICES},
         }
+
+    @property
+    def journal_up(self) -> bool:
+        """The journal's own probe when it has one, else whether it answered the last
+        snapshot attempt."""
+        if isinstance(self.journal, KeepsConnected):
+            return self.journal.up
+        return self.journal_answers
