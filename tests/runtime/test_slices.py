@@ -82,7 +82,7 @@ async def test_a_lapsed_heartbeat_serves_nothing_and_forwards_nothing(
     a, b = pair
     assert a.slices is not None and b.slices is not None
     await _beat(a, b, a, b)
-    stale = anyio.current_time() - LEASE_S  # as if a had been paused for a lease
+    stale = anyio.current_time() - 2 * LEASE_S  # as if a had been paused for two leases
     await a.slices.beat(stale)
     assert a.slices.owned and a.slices.owned_count() == 0
     run_id = next(f"r{i}" for i in range(1000) if run_slice(f"r{i}") in a.slices.owned)

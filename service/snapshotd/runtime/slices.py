@@ -63,8 +63,13 @@ class SliceKeeper:
         return sorted(self.owned) if self._valid() else []
 
     def held_elsewhere(self, run_id: str) -> bool:
-        """True when another live daemon holds the run's slice (as of the last heartbeat)."""
-        if not self._valid():
+        """True when another live daemon holds the run's slice (as of the last heartbeat).
+
+        A view up to one lease past its validity still decides: a late heartbeat (a
+        busy host) must not turn every hint into a local attempt racing the holder's.
+        Forwarding on a stale view only risks a hint, which sweeps make up for.
+        """
+        if anyio.current_time() >= self.valid_until + self.lease_s:
             return False
         holder = self.holders.get(domain.run_slice(run_id))
         return holder is not None and holder != self.member
