@@ -33,6 +33,7 @@ async def pair(pg_dsn: str) -> AsyncIterator[tuple[Instance, Instance]]:
         for inst in (a, b):
             assert inst.slices is not None
             inst.slices.lease_s = LEASE_S
+            inst.slices.running = True  # beats are driven by the tests themselves
         yield a, b
     finally:
         for journal in journals:
@@ -91,3 +92,14 @@ async def test_a_lapsed_heartbeat_serves_nothing_and_forwards_nothing(
     other = next(f"r{i}" for i in range(1000) if run_slice(f"r{i}") in b.slices.owned)
     assert a.request_snapshot(other, None) == "queued"
     assert len(a.mailbox) == 1  # no trusted view of the holders: attempted here
+
+
+async def test_a_keeper_that_is_not_running_restricts_nothing(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, _ = pair
+    assert a.slices is not None
+    a.slices.running = False
+    assert a.slices.owns("any-run") and a.slices.sweep_slices() is None
+    a.notified("any-run")
+    assert len(a.mailbox) == 1

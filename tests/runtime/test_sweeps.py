@@ -39,7 +39,9 @@ async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 async def drain(instance: Instance) -> None:
     """Run every queued Job as the actor would, one after another."""
     while len(instance.mailbox):
-        await instance.handle(await instance.mailbox.get())
+        job = await instance.mailbox.get()
+        await instance.handle(job)
+        instance.mailbox.done(job.run_id)
 
 
 async def test_failing_runs_sorted_first_do_not_starve_a_healthy_one(journal: Any) -> None:
