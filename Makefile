@@ -27,9 +27,9 @@ lint: install
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
-# The Dockerfile, manifests, compose file and unit, checked offline (tests/test_deploy.py).
+# The Dockerfile, manifests, compose file, unit, alert rules and dashboard, checked offline.
 lint-deploy: install
-	$(BIN)/python -m pytest -q tests/test_deploy.py
+	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_dashboards.py
 
 # The bench extra (eventsourcing, psycopg, matplotlib) is only needed here.
 BENCH_STAMP := $(VENV)/.installed-bench

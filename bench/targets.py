@@ -61,7 +61,9 @@ class Verdict:
         }
 
 
-def spec_targets(largest: int, low: int, journals: tuple[str, ...]) -> list[Target]:
+def spec_targets(
+    largest: int, low: int, journals: tuple[str, ...], scale_runs: int = 200_000
+) -> list[Target]:
     """The targets for a run whose largest run has ``largest`` events (100,000 in a
     full run) and whose small snapshot-cost run has ``low`` (1,000)."""
     names = {"fs": "fs", "pg": "PostgreSQL"}
@@ -93,6 +95,18 @@ def spec_targets(largest: int, low: int, journals: tuple[str, ...]) -> list[Targ
                 full_size=True,
             ),
         ]
+        for reducer in ("steps", "last_by_key", "merge_patch"):
+            targets.append(
+                Target(
+                    f"mean of 100 consecutive snapshots from seq 100,000 / from 1,000,"
+                    f" {reducer} ({name})",
+                    f"inc.{journal}.{reducer}.ratio",
+                    "<=",
+                    1.5,
+                    "x",
+                    full_size=True,
+                )
+            )
     minimum = {"fs": 2000, "pg": 1000}
     targets += [
         Target(f"snapshots/s, one daemon ({names[j]})", f"throughput.{j}", ">=", minimum[j], "/s")
@@ -147,6 +161,14 @@ def spec_targets(largest: int, low: int, journals: tuple[str, ...]) -> list[Targ
             ">=",
             1000,
             "/s",
+        ),
+    ]
+    runs = f"{scale_runs:,} fs runs"
+    targets += [
+        Target(f"start-up with {runs}", "scale.startup", "<", 5, "s", full_size=True),
+        Target(f"peak RSS with {runs}", "scale.rss_peak", "<", 100, "MB", full_size=True),
+        Target(
+            f"ping p99 while sweeps run, {runs}", "scale.ping_p99", "<", 1, "ms", full_size=True
         ),
     ]
     return targets

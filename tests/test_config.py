@@ -249,8 +249,6 @@ def test_connection_and_instance_keys_of_this_revision(tmp_path: Path) -> None:
         "[socket]\nidle_timeout_s = 0\nmax_buffered_bytes = 1000\n\n"
         '[instances.default]\njournal = "postgresql://u@db/x"\naudit_retention_s = 0\n'
         'slice_lease_s = 2.5\nlisten_dsn = "postgresql://u@primary:5432/x"\n\n'
-        '[instances.sharded]\njournal = "memory:"\n'
-        'listen_dsn = ["postgresql://a/x", "postgresql://b/x"]\n'
     )
     config = load_config(write(tmp_path, text), {})
     assert config.socket.idle_timeout_s == 0
@@ -259,7 +257,6 @@ def test_connection_and_instance_keys_of_this_revision(tmp_path: Path) -> None:
     assert default.audit_retention_s == 0
     assert default.slice_lease_s == 2.5
     assert default.listen_dsn == "postgresql://u@primary:5432/x"
-    assert config.instances["sharded"].listen_dsn == ("postgresql://a/x", "postgresql://b/x")
 
 
 def test_defaults_of_this_revision() -> None:
@@ -280,13 +277,13 @@ def test_new_keys_from_the_environment() -> None:
             "SNAPSHOTD_SOCKET_IDLE_TIMEOUT_S": "2.5",
             "SNAPSHOTD_SOCKET_MAX_BUFFERED_BYTES": "4096",
             "SNAPSHOTD_INSTANCES__DEFAULT__AUDIT_RETENTION_S": "60",
-            "SNAPSHOTD_INSTANCES__DEFAULT__LISTEN_DSN": " postgresql://a/x  postgresql://b/x ",
+            "SNAPSHOTD_INSTANCES__DEFAULT__LISTEN_DSN": "postgresql://a/x",
         },
     )
     assert config.socket.idle_timeout_s == 2.5
     assert config.socket.max_buffered_bytes == 4096
     assert config.instances["default"].audit_retention_s == 60
-    assert config.instances["default"].listen_dsn == ("postgresql://a/x", "postgresql://b/x")
+    assert config.instances["default"].listen_dsn == "postgresql://a/x"
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "1800"])
@@ -310,8 +307,8 @@ NEW_BAD_VALUES = [
     ("instances.default.audit_retention_s", "-1", ">= 0"),
     ("instances.default.slice_lease_s", "0", "> 0"),
     ("instances.default.listen_dsn", "'mysql://x'", "postgresql://"),
-    ("instances.default.listen_dsn", "[]", "non-empty list"),
-    ("instances.default.listen_dsn", "['postgresql://a:0/x']", "item 0: invalid PostgreSQL DSN"),
+    ("instances.default.listen_dsn", "['postgresql://a/x']", "postgresql://"),
+    ("instances.default.listen_dsn", "'postgresql://a:0/x'", "invalid PostgreSQL DSN"),
 ]
 
 

@@ -4,7 +4,8 @@ The shell examples that talk to the socket run, as written, through ``bash``
 against a real daemon listening on ``./snapshotd.sock``; their ``# {...}``
 comments are the expected responses (``…`` stands for anything), in order, and
 a response with an error must be one the docs show. The Python examples run
-too, and every ``json`` block holds one JSON object per line.
+too (with the run ``order-42`` the examples before them create), and every
+``json`` block holds one JSON object per line.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def test_socket_examples_run_as_written(daemon: DaemonProcess, path: Path) -> No
     ids=lambda code: code.splitlines()[0][:40],
 )
 def test_python_examples_run(daemon: DaemonProcess, code: str) -> None:
+    with daemon.client() as client:  # the run the examples before this one created
+        client.call("create_run", run="order-42", workflow="order", version="v1")
+        client.call("append", run="order-42", events=[{"type": "paid", "data": {"amount": 12}}])
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=daemon.root,

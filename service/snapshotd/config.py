@@ -49,8 +49,8 @@ class InstanceConfig:
     audit_retention_s: float = DEFAULT_AUDIT_RETENTION_S
     """0 keeps audit entries forever."""
     slice_lease_s: float = DEFAULT_SLICE_LEASE_S
-    listen_dsn: str | tuple[str, ...] | None = None
-    """A direct DSN for LISTEN (a list, shard by shard, for a sharded journal)."""
+    listen_dsn: str | None = None
+    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,19 +160,6 @@ def _dsn(value: Any) -> str:
     return value
 
 
-def _dsns(value: Any) -> str | tuple[str, ...]:
-    if isinstance(value, list):
-        if not value:
-            raise _Invalid("must be a postgresql:// DSN or a non-empty list of them")
-        for index, item in enumerate(value):
-            try:
-                _dsn(item)
-            except _Invalid as exc:
-                raise _Invalid(f"item {index}: {exc}") from None
-        return tuple(value)
-    return _dsn(value)
-
-
 def _mode(value: Any) -> int:
     if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
         raise _Invalid('must be an octal permission string like "0600"')
@@ -209,12 +196,6 @@ def _env_str(text: str) -> Any:
     return text
 
 
-def _env_list(text: str) -> Any:
-    """Whitespace-separated items (SPEC section 4); a single item stays a plain value."""
-    items = text.split()
-    return items[0] if len(items) == 1 else items
-
-
 def _env_uids(text: str) -> Any:
     parts = [p for p in re.split(r"[\s,\[\]]+", text) if p]
     return [_env_int(p) for p in parts]
@@ -242,7 +223,7 @@ _INSTANCE_KEYS: dict[str, _Key] = {
     "queue_capacity": _QUEUE_CAPACITY,
     "audit_retention_s": _Key(_seconds_or_zero, _env_number),
     "slice_lease_s": _Key(_ttl, _env_number),
-    "listen_dsn": _Key(_dsns, _env_list),
+    "listen_dsn": _Key(_dsn, _env_str),
 }
 _WORKFLOW_KEYS: dict[str, _Key] = {**_POLICY_KEYS, "queue_capacity": _QUEUE_CAPACITY}
 _SOCKET_KEYS: dict[str, _Key] = {

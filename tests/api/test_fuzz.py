@@ -105,7 +105,10 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
                 ),
                 ("savepoint_save", {"run": run, "entity": "e", "timestamp_ms": 5, "state": value}),
                 ("savepoint_ack", {"run": run, "entity": "e", "timestamp_ms": 7}),
-                ("savepoint_load", {"run": run}),
+                ("savepoint_load", {"run": run, "resume": True}),
+                ("list_runs", {"after": run, "limit": 2}),
+                ("load", {"run": run, "snapshot_id": "0190e8a0-0000-7000-8000-000000000000"}),
+                ("snapshot_now", {"run": run, "label": "x", "kind": "safety"}),
                 ("frobnicate", {}),
             ]
         )

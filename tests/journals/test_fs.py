@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 
 from snapshotd.domain import compaction
 from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
-from snapshotd.domain.model import NewEvent
+from snapshotd.domain.model import DuePoint, NewEvent
 from snapshotd.domain.reducers import fold, last_by_key
 from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.fs import adapter as adapter_module
@@ -640,20 +640,25 @@ async def test_failed_snapshot_write_leaves_nothing(
 
 def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
     """Start the writer, let it work for a random moment, SIGKILL it; its complete lines."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tests.journals.fs_writer", str(root), str(seed)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith(b"ack "), proc.stderr.read() if proc.stderr else first
-        time.sleep(rng.uniform(0.0, 0.25))
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first.startswith(b"ack "), proc.stderr.read() if proc.stderr else first
+            time.sleep(rng.uniform(0.0, 0.25))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            # Read through the buffered reader: readline() may already hold later lines,
+            # which communicate() (reading the raw pipe) would lose.
+            assert proc.stdout is not None and proc.stderr is not None
+            out = proc.stdout.read()
+            proc.stderr.read()
+            proc.wait(10)
     text = (first + out).decode()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     return complete.splitlines()
@@ -880,7 +885,7 @@ async def test_a_lost_index_is_rebuilt_and_a_stale_entry_heals(fs: FsJournal, ro
     await fs.aclose()
     # A crash between the index record and the events: the index names a run with nothing new.
     with (root / "due.jsonl").open("ab") as index:
-        index.write(b'["r0",1.0]\n["r1",')
+        index.write(b'["r0",1.0,1.0]\n["r1",')
     fs = await reopen(fs, root)
     assert sorted(await fs.due_runs(later, 10)) == ["r0", "r1", "r2", "r3"]
     assert (await fs.get_run("r0")) is not None  # looking at the run corrects the index
@@ -889,4 +894,31 @@ async def test_a_lost_index_is_rebuilt_and_a_stale_entry_heals(fs: FsJournal, ro
     (root / "due.jsonl").write_bytes(b"not an index\n")
     fs = await reopen(fs, root)
     assert sorted(await fs.due_runs(later, 10)) == ["r1", "r2", "r3"]
+    await fs.aclose()
+
+
+async def test_due_points_and_sweep_order_survive_restart_without_reading_runs(
+    fs: FsJournal, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    for n in range(3):
+        await add_run(fs, f"r{n}", 2)
+    await fs.set_due("r0", DuePoint(2, 12, now + timedelta(minutes=5)), snapshotted=True)
+    await fs.append("r0", ev(1), expected_seq=2, lease=None, now=now)
+    await fs.set_due("r1", DuePoint(1, 2, None), snapshotted=True)
+    later = now + timedelta(hours=1)
+    before = await fs.sweep_due(later, 10, None)
+    assert [d.run_id for d in before] == ["r2", "r1", "r0"]
+    fs = await reopen(fs, root)
+    loads: list[str] = []
+    real = runs_module.load_run
+    monkeypatch.setattr(
+        adapter_module, "load_run", lambda *a, **k: loads.append(a[2]) or real(*a, **k)
+    )
+    assert await fs.sweep_due(later, 10, None) == before
+    assert [d.run_id for d in await fs.sweep_due(now, 10, None)] == ["r2"]
+    assert loads == []
+    run = await fs.get_run("r0")
+    assert run is not None
+    assert run.due == DuePoint(2, 12, now + timedelta(minutes=5))
     await fs.aclose()

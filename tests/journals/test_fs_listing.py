@@ -99,3 +99,18 @@ def test_pages_concatenate_to_byte_order(ids: set[str], size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         seen = anyio.run(scenario, Path(tmp) / "journal")
     assert seen == sorted(ids, key=lambda run_id: run_id.encode())
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])
+async def test_filtered_pages_span_batches(
+    fs: FsJournal, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("snapshotd.journals.fs.adapter.LISTING_BATCH", batch)
+    await fs.get_run("r2")  # one cached run among uncached ones
+    for workflow, expected in (("other", ["r1", "r2", "r4", "r5"]), ("wf", ["r0", "r3"])):
+        seen: list[str] = []
+        after: str | None = None
+        while page := await fs.run_summaries(after, 1, workflow):
+            seen += [s.run_id for s in page]
+            after = page[-1].run_id
+        assert seen == expected

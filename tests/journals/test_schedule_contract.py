@@ -6,12 +6,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from snapshotd.domain.errors import NotFound
 from snapshotd.domain.model import NEVER_SEQ, DuePoint, NewEvent, utcnow
 from snapshotd.journals.base import DueRun, Journal, SchedulesSweeps
+from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.memory import MemoryJournal
 
 pytestmark = pytest.mark.anyio
@@ -23,10 +25,12 @@ class Scheduled(Journal, SchedulesSweeps):
     """A journal that keeps due points (for typing the fixture)."""
 
 
-@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def sched(request: pytest.FixtureRequest) -> AsyncIterator[Scheduled]:
+@pytest.fixture(params=["memory", "fs", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def sched(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Scheduled]:
     if request.param == "memory":
         journal: Journal = MemoryJournal()
+    elif request.param == "fs":
+        journal = FsJournal(tmp_path / "journal")
     else:
         from snapshotd.journals.postgres import PostgresJournal
 

@@ -33,7 +33,7 @@ from tests.telemetry.otlp import (
     otlp_http_receiver,
     running_daemon,
 )
-from tests.telemetry.test_instruments import POSTGRES_ONLY, SPEC_METRICS
+from tests.telemetry.test_instruments import ALL_SPEC_METRICS, POSTGRES_ONLY
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ def sums(points: dict[tuple[str, Any], Point], metric: str, by: str | None = Non
 
 
 def check_every_spec_metric(points: dict[tuple[str, Any], Point]) -> None:
-    for name, (kind, unit, extra) in SPEC_METRICS.items():
+    for name, (kind, unit, extra) in ALL_SPEC_METRICS.items():
         if name in POSTGRES_ONLY:
             continue
         arrived = [p for (metric, _), p in points.items() if metric == name]

@@ -19,6 +19,9 @@ from anyio.abc import SocketStream
 from snapshotd.api.limits import Conn
 
 RECEIVE_BYTES = 256 * 1024
+_buffer = bytearray(RECEIVE_BYTES)
+_view = memoryview(_buffer)
+"""One receive buffer for every connection: reads never overlap (one event loop thread)."""
 
 
 class Idle(Exception):
@@ -43,15 +46,18 @@ async def receive(raw: socket.socket, conn: Conn) -> bytes:
     waited = False
     while True:
         try:
-            data = raw.recv(RECEIVE_BYTES)
+            size = raw.recv_into(_buffer)
         except BlockingIOError:
             await _bounded(conn, anyio.wait_readable, raw)
             waited = True
             continue
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
-        if not data:
+        if not size:
             raise anyio.EndOfStream
+        # One copy of exactly what came: a chunk held as part of an incomplete line
+        # then costs its size, not the size of a receive buffer shrunk in place.
+        data = _view[:size].tobytes()
         if not waited:
             await anyio.lowlevel.checkpoint()
         return data

@@ -272,6 +272,8 @@ def _demo_embedded(args: argparse.Namespace) -> int:
     from snapshotd.runtime import open_daemon
 
     # The embedded daemon's per-snapshot log lines would drown the demo's own output.
+    # (Restored afterwards: the demo may run inside a longer-lived process.)
+    logging_config = structlog.get_config()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -305,5 +307,6 @@ def _demo_embedded(args: argparse.Namespace) -> int:
     try:
         anyio.run(embedded)
     finally:
+        structlog.configure(**logging_config)
         shutil.rmtree(tmp, ignore_errors=True)
     return EXIT_OK

@@ -87,6 +87,17 @@ class SnapshotMeta:
     created_at: datetime
     expires_at: datetime | None
     label: str | None = None
+    base_id: str | None = None
+    """The link this snapshot is stored as a delta on (domain.chains); None: stored whole."""
+    stored_bytes: int | None = None
+    """Bytes of the stored payload when it is a delta (None: ``size_bytes``, stored whole)."""
+    retired: bool = False
+    """Removed by retention but still a link a kept snapshot needs: never listed or served."""
+
+    @property
+    def stored_size(self) -> int:
+        """What storing this snapshot cost: its delta's size, or the whole state's."""
+        return self.size_bytes if self.stored_bytes is None else self.stored_bytes
 
     def order_key(self) -> tuple[int, datetime, str]:
         """Newest-first ordering of SPEC section 1: by through_seq, then created_at."""
@@ -110,17 +121,19 @@ class SnapshotMeta:
         }
 
     def listing(self) -> dict[str, Any]:
-        """What ``list_snapshots`` shows: the metadata plus ``stored_bytes``.
-
-        ``stored_bytes`` is what storing the snapshot cost; every journal stores a
-        snapshot whole today, so it equals ``size_bytes``.
-        """
-        return {**self.to_json(), "stored_bytes": self.size_bytes}
+        """What ``list_snapshots`` shows: the metadata plus ``stored_bytes``, what
+        storing the snapshot cost (a delta's size when it is stored as one)."""
+        return {**self.to_json(), "stored_bytes": self.stored_size}
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A snapshot with its encoded state (orjson bytes, as stored and checksummed)."""
+    """A snapshot with its encoded state (orjson bytes, as stored and checksummed).
+
+    Read from a journal, ``payload`` is what is stored: the whole state, or a delta
+    when ``meta.base_id`` is set. ``runtime.chains`` assembles a delta's chain into
+    a Snapshot with the whole state as ``payload`` (its links verified on the way).
+    """
 
     meta: SnapshotMeta
     payload: bytes

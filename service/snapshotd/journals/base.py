@@ -7,7 +7,7 @@ never block the event loop: file I/O runs in worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol, runtime_checkable
@@ -169,7 +169,11 @@ class Journal(Protocol):
         ...
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
-        """Delete the given snapshots (missing ones are ignored); returns how many went."""
+        """Delete the given snapshots (missing ones are ignored); returns how many went.
+
+        A snapshot another one not being deleted is stored on (a delta chain's link)
+        stays: see ``StoresLinks``.
+        """
         ...
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
@@ -264,6 +268,48 @@ class SchedulesSweeps(Protocol):
 
 
 @runtime_checkable
+class KeepsConnected(Protocol):
+    """A journal behind a network connection (PostgreSQL): it opens even while its
+    database is down and reconnects by itself; ``up`` says whether it answers."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def keep_connected(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Reconnect (with jittered backoff) and probe until cancelled; never raises
+        except on cancellation."""
+        ...
+
+
+@runtime_checkable
+class QueuesAudit(Protocol):
+    """A journal whose audit writes are batched (PostgreSQL): entries are queued
+    without waiting and written within ~1 s; a crash may lose the last batch."""
+
+    def queue_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> None:
+        """Queue an entry for the next batch; never blocks, never raises."""
+        ...
+
+    async def write_queued_audit(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Write queued entries about every second until cancelled, then the rest
+        (bounded). Failed batches are kept and retried; never raises except on
+        cancellation."""
+        ...
+
+
+@runtime_checkable
+class RetainsAudit(Protocol):
+    """A journal that deletes expired audit entries (``audit_retention_s``)."""
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest entries older than ``cutoff``; returns
+        how many went (0 also when another daemon is pruning: one at a time)."""
+        ...
+
+
+@runtime_checkable
 class WatchesAppends(Protocol):
     """A journal whose appends can come from outside the daemon (PostgreSQL NOTIFY).
 
@@ -341,3 +387,41 @@ class HoldsDamagedSnapshots(Protocol):
     async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
         """The run's unlistable snapshots: snapshot id -> what is wrong. Raises NotFound."""
         ...
+
+
+@runtime_checkable
+class StoresLinks(Protocol):
+    """A journal that stores snapshots as delta chains (domain.chains).
+
+    ``write_snapshot`` keeps ``meta.base_id`` and ``meta.stored_bytes`` and raises
+    Superseded when the base link is gone. A retired snapshot (retention removed it
+    while a kept snapshot still needs its link) stays readable here, but
+    ``list_snapshots``, ``read_snapshot`` and ``set_pinned`` treat it as absent.
+    Journals without this store every snapshot whole.
+    """
+
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        """Every stored snapshot of the run, retired ones included, newest first."""
+        ...
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        """One stored snapshot as stored (whole or a delta), retired or not. Raises NotFound."""
+        ...
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        """``read_link`` of each of ``snapshot_ids``, in that order, in one round trip
+        (a chain is read whole to load it). Raises NotFound when one is missing."""
+        ...
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Retire the given snapshots (missing ones are ignored); returns how many."""
+        ...
+
+
+def kept_bases(snapshots: Iterable[Snapshot | SnapshotMeta], doomed: Sequence[str]) -> list[str]:
+    """``doomed`` without the links another snapshot outside ``doomed`` is stored on:
+    ``delete_snapshots`` never breaks a chain, whatever its caller computed."""
+    gone = set(doomed)
+    metas = (s.meta if isinstance(s, Snapshot) else s for s in snapshots)
+    needed = {m.base_id for m in metas if m.base_id is not None and m.snapshot_id not in gone}
+    return [sid for sid in dict.fromkeys(doomed) if sid not in needed]

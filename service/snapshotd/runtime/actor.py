@@ -23,7 +23,14 @@ from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import SnapshotdError
 from snapshotd.domain.model import utcnow
-from snapshotd.journals.base import DueRun, SchedulesSweeps, WatchesAppends
+from snapshotd.journals.base import (
+    DueRun,
+    KeepsConnected,
+    QueuesAudit,
+    RetainsAudit,
+    SchedulesSweeps,
+    WatchesAppends,
+)
 from snapshotd.runtime.instance import Instance
 from snapshotd.runtime.mailbox import Job, MailboxClosed
 
@@ -35,6 +42,9 @@ HEALTHY_AFTER_S = 30.0
 """A loop that ran this long before crashing restarts with the initial delay again."""
 
 SWEEP_MAX_PERIOD_S = 60.0
+RETENTION_PERIOD_S = 600.0
+"""How often expired audit entries are looked for (SPEC: deleted within an hour)."""
+RETENTION_BATCH = 1000
 SWEEP_FOLLOW_UP_S = 1.0
 """How soon a sweep whose page filled the mailbox looks for the next page."""
 
@@ -56,6 +66,12 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(supervise, instance, "sweep", sweep_loop)
             journal = instance.journal
+            if isinstance(journal, KeepsConnected):
+                await tg.start(journal.keep_connected, instance.health.reconnected)
+            if isinstance(journal, QueuesAudit):
+                await tg.start(journal.write_queued_audit)
+            if isinstance(journal, RetainsAudit) and instance.config.audit_retention_s > 0:
+                tg.start_soon(supervise, instance, "retention", retention_loop)
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
@@ -208,3 +224,33 @@ async def sweep_once(instance: Instance, interval: float | None, *, gap: bool) -
     for run_id in due:
         instance.trigger(run_id)
     return len(due)
+
+
+async def retention_loop(instance: Instance) -> None:
+    """Delete expired audit entries every ``RETENTION_PERIOD_S``, in small batches."""
+    journal = instance.journal
+    assert isinstance(journal, RetainsAudit)
+    while True:
+        await prune_expired_audit(instance, journal)
+        await anyio.sleep(RETENTION_PERIOD_S)
+
+
+async def prune_expired_audit(instance: Instance, journal: RetainsAudit) -> int:
+    """Delete entries older than ``audit_retention_s``, a batch at a time; returns how
+    many went. Stops early when the journal fails (the next round retries)."""
+    cutoff = utcnow() - timedelta(seconds=instance.config.audit_retention_s)
+    total = 0
+    while True:
+        try:
+            deleted = await journal.prune_audit(cutoff, RETENTION_BATCH)
+        except (SnapshotdError, OSError) as exc:
+            _log.warning(
+                "audit_retention_failed",
+                instance=instance.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return total
+        total += deleted
+        if deleted < RETENTION_BATCH:
+            return total
+        await anyio.lowlevel.checkpoint()

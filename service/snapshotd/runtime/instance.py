@@ -23,9 +23,10 @@ from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
 from snapshotd.domain.reducers import Reducer
 from snapshotd.domain.slices import SLICES
-from snapshotd.journals.base import DividesSlices, Journal
+from snapshotd.journals.base import DividesSlices, Journal, KeepsConnected, QueuesAudit
 from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
@@ -156,6 +157,7 @@ class Instance:
         self.reporter = CorruptionReporter(
             config.name, self.record_audit, self.health.corruption_found
         )
+        self.chains = Chains(journal, self.reporter)
         # Whether the journal answered the last snapshot attempt: the cheap signal
         # behind ``snapshotd.journal.up`` (a journal with its own probe replaces it).
         self.journal_answers = True
@@ -177,7 +179,7 @@ class Instance:
         """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
-        self.health.watch_up(lambda: self.journal_answers)
+        self.health.watch_up(lambda: self.journal_up)
         keeper = self.slices
         if keeper is not None:
             self.health.watch_slices(keeper.owned_count)
@@ -428,7 +430,14 @@ class Instance:
         }
 
     async def record_audit(self, kind: str, **fields: Any) -> None:
-        """Append to the audit log, best effort: a journal failure is logged, never raised."""
+        """Append to the audit log, best effort: a journal failure is logged, never raised.
+
+        A journal that batches audit writes gets the entry queued (written within
+        ~1 s by its writer task), so an attempt never waits for the audit log.
+        """
+        if isinstance(self.journal, QueuesAudit):
+            self.journal.queue_audit(kind, fields, utcnow())
+            return
         try:
             await self.journal.append_audit(kind, fields, utcnow())
         except (SnapshotdError, OSError, TypeError) as exc:
@@ -458,7 +467,16 @@ class Instance:
             "dropped": self.dropped,
             "coalesced": self.coalesced,
             "restarts": self.restarts,
+            "journal_up": self.journal_up,
             "slices": None
             if self.slices is None
             else {"owned": self.slices.owned_count(), "total": SLICES},
         }
+
+    @property
+    def journal_up(self) -> bool:
+        """The journal's own probe when it has one, else whether it answered the last
+        snapshot attempt."""
+        if isinstance(self.journal, KeepsConnected):
+            return self.journal.up
+        return self.journal_answers

@@ -18,7 +18,6 @@ from snapshotd.runtime.attempt import AttemptContext
 from snapshotd.runtime.recovery import (
     compatible,
     drop_known_corrupt,
-    newest_valid,
     report_damaged,
     state_fragment,
 )
@@ -37,8 +36,13 @@ async def _chosen(ctx: AttemptContext, run_id: str, snapshot_id: str) -> Snapsho
     Raises NotFound when the run has no such snapshot and SnapshotCorrupt (reported
     like any damaged snapshot) when it fails its checksum or does not decode.
     """
+    meta = next(
+        (m for m in await ctx.journal.list_snapshots(run_id) if m.snapshot_id == snapshot_id), None
+    )
+    if meta is None:
+        raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
     try:
-        snapshot = await ctx.journal.read_snapshot(run_id, snapshot_id)
+        snapshot = await ctx.chains.read_whole(run_id, meta)
         compaction.decode_state(snapshot)
     except Corrupt as exc:
         await ctx.reporter.report(run_id, snapshot_id, exc)
@@ -71,7 +75,8 @@ async def load(
         metas = compatible(run, await journal.list_snapshots(run_id))
         await report_damaged(journal, run_id, ctx.reporter)
         candidates = drop_known_corrupt(run_id, metas, ctx.reporter)
-        snapshot = await newest_valid(journal, run, candidates, ctx.reporter)
+        base = await ctx.chains.newest_valid(run, candidates, whole=True)
+        snapshot = None if base is None else base.snapshot()
         start = 0 if snapshot is None else snapshot.meta.through_seq
     page = await journal.read_event_page(run_id, start, limit)
     return {
@@ -111,7 +116,7 @@ async def verify(ctx: AttemptContext, run_id: str) -> dict[str, Any]:
     current: list[tuple[int, str, Any]] = []
     for meta in await journal.list_snapshots(run_id):
         try:
-            snapshot = await journal.read_snapshot(run_id, meta.snapshot_id)
+            snapshot = await ctx.chains.read_whole(run_id, meta)
             state = compaction.decode_state(snapshot)
         except NotFound:
             continue

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
@@ -25,27 +25,35 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import Event, NewEvent, Run, RunSummary, Snapshot, SnapshotMeta
-from snapshotd.journals.base import UNSET, EventPage, _Unset
+from snapshotd.domain.model import (
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, DueRun, EventPage, _Unset, kept_bases
+from snapshotd.journals.fs import sweeps
 from snapshotd.journals.fs.cache import RunCache, RunFiles
 from snapshotd.journals.fs.codec import (
     SNAPSHOT_ID,
     decode_events,
     entry_name,
-    parse_meta,
     run_json,
 )
 from snapshotd.journals.fs.files import Root
 from snapshotd.journals.fs.index import DueIndex
 from snapshotd.journals.fs.layout import open_root, scan_runs
-from snapshotd.journals.fs.listing import summary, workflow_of
+from snapshotd.journals.fs.listing import LISTING_BATCH, summary, workflows_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
     create_run_dir,
     delete_snapshots,
     load_run,
-    read_snapshot,
+    read_snapshots,
     store_snapshot,
 )
 from snapshotd.journals.fs.shared import SharedFiles, unavailable
@@ -70,6 +78,8 @@ class FsJournal(SharedFiles):
         self._stray: set[str] = set()
         self._index: DueIndex | None = None
         self._create_lock = anyio.Lock()
+        self._backoff: dict[str, tuple[int, float]] = {}
+        """Failing runs: failures so far and when to retry (lost on restart: they retry)."""
 
     # plumbing -------------------------------------------------------------
 
@@ -95,7 +105,7 @@ class FsJournal(SharedFiles):
         files = self._runs.get(run_id)
         if files is not None:
             return files
-        root, _ = self._opened()
+        root, index = self._opened()
         name = entry_name(run_id)
         if self._known(run_id) is None and name not in self._stray:
             raise NotFound(f"run {run_id!r} not found")
@@ -105,8 +115,8 @@ class FsJournal(SharedFiles):
             if loaded is None:
                 return None
             files = RunFiles(*loaded)
-            if files.events_damage is None:
-                self._reindex(files)
+            if files.events_damage is None and self._known(run_id) is not None:
+                sweeps.after_load(index, files)
             return files
 
         files = await self._io(load)
@@ -115,20 +125,17 @@ class FsJournal(SharedFiles):
         # Mutations need a cache, so a load that finds none installed saw the current disk.
         return self._runs.add(run_id, files)
 
-    def _reindex(self, files: RunFiles) -> None:
-        """Tell the index whether the run waits for a snapshot (blocking)."""
-        run_id = self._known(files.run.run_id)
-        if run_id is not None and self._index is not None:
-            self._index.set(run_id, files.due_since())
-
-    def _indexed(self, files: RunFiles, func: Callable[[], T]) -> Callable[[], T]:
+    def _indexed(
+        self, files: RunFiles, func: Callable[[], T], *, reschedule: bool = False
+    ) -> Callable[[], T]:
         """``func`` (a blocking write to the run), then the index brought up to date."""
+        _, index = self._opened()
 
         def write() -> T:
             try:
                 return func()
             finally:
-                self._reindex(files)
+                sweeps.after_write(index, files, reschedule=reschedule)
 
         return write
 
@@ -149,8 +156,8 @@ class FsJournal(SharedFiles):
             audit = JsonlLog(root, ("audit.jsonl",), "cursor")
             audit.load()
             self._run_ids = run_ids
-            index = DueIndex(root)
-            index.open(self._known, partial(self._rebuild_index, root))
+            index = DueIndex(root, run_ids)
+            index.open(partial(sweeps.rebuild, root, run_ids))
         except BaseException:
             self._run_ids = []
             os.close(lock_fd)
@@ -159,17 +166,6 @@ class FsJournal(SharedFiles):
         self._runs.clear()
         self._stray, self._index, self._audit = stray, index, audit
         self._root, self._lock_fd = root, lock_fd
-
-    def _rebuild_index(self, root: Root) -> Iterator[tuple[str, float]]:
-        """Every waiting run, read from disk (a missing or damaged index only)."""
-        for run_id in self._run_ids:
-            try:
-                loaded = load_run(root, entry_name(run_id), run_id, check=False)
-            except Corrupt:
-                continue
-            since = None if loaded is None else RunFiles(*loaded).due_since()
-            if since is not None:
-                yield run_id, since
 
     async def aclose(self) -> None:
         root, self._root = self._root, None
@@ -195,9 +191,9 @@ class FsJournal(SharedFiles):
                 if existing.run.workflow != workflow:
                     raise Conflict(f"run {run_id!r} exists with workflow {existing.run.workflow!r}")
                 return False
-            root, _ = self._opened()
+            root, index = self._opened()
             run = Run(run_id, workflow, version, lease, 0, now)
-            created = partial(bisect.insort, self._run_ids, run_id)
+            created = partial(index.add, run_id)
             loaded = await self._io(partial(create_run_dir, root, entry_name(run_id), run, created))
             self._runs.add(run_id, RunFiles(*loaded))
             return True
@@ -207,14 +203,14 @@ class FsJournal(SharedFiles):
             files = await self._files(run_id)
         except NotFound:
             return None
-        run = files.run
-        last_seq = files.intact_events().tip[0]
-        return Run(run.run_id, run.workflow, run.version, run.lease, last_seq, run.created_at)
+        return replace(files.run, last_seq=files.intact_events().tip[0])
 
     async def set_version(self, run_id: str, version: str) -> None:
         files = await self._files(run_id)
         async with files.lock:
-            await self._rewrite_run(files, replace(files.run, version=version))
+            if version != files.run.version:
+                self._backoff.pop(run_id, None)
+                await self._rewrite_run(files, replace(files.run, version=version, due=None))
 
     async def set_lease(
         self, run_id: str, lease: str | None, expected: str | _Unset | None = UNSET
@@ -223,17 +219,21 @@ class FsJournal(SharedFiles):
         async with files.lock:
             if not isinstance(expected, _Unset) and expected != files.run.lease:
                 raise Conflict(f"run {run_id!r} has another lease than expected")
+            if lease != files.run.lease:
+                self._backoff.pop(run_id, None)  # a new owner restarted the run
             await self._rewrite_run(files, replace(files.run, lease=lease))
 
-    async def _rewrite_run(self, files: RunFiles, run: Run) -> None:
+    async def _rewrite_run(self, files: RunFiles, run: Run, *, durable: bool = True) -> None:
+        """Replace ``run.json``; not ``durable``: the rename may be lost in a crash
+        (the old record stays, whole), which only an advisory field may allow."""
         root, _ = self._opened()
 
         def write() -> None:
             with root.directory(files.name) as directory:
-                root.atomic_write(directory, "run.json", run_json(run))
+                root.atomic_write(directory, "run.json", run_json(run), durable=durable)
             files.run = run
 
-        await self._io(self._indexed(files, write))
+        await self._io(self._indexed(files, write, reschedule=True))
 
     async def list_runs(self, after: str | None, limit: int) -> list[str]:
         self._opened()
@@ -248,24 +248,35 @@ class FsJournal(SharedFiles):
         cursor = after
         while len(page) < limit:
             # Bisect again after every await: create_run may insert meanwhile.
-            index = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
-            if index >= len(self._run_ids):
+            start = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            batch = self._run_ids[start : start + max(limit - len(page), LISTING_BATCH)]
+            if not batch:
                 break
-            cursor = run_id = self._run_ids[index]
-            if (
-                workflow is not None
-                and self._runs.get(run_id) is None
-                and await self._io(partial(workflow_of, root, run_id)) != workflow
-            ):
-                continue  # passed over without filling its cache
-            try:
-                files = await self._files(run_id)
-            except (NotFound, Corrupt):
-                continue
-            row = summary(files)
-            if row is not None and (workflow is None or row.workflow == workflow):
-                page.append(row)
+            cursor = batch[-1]
+            if workflow is not None:
+                batch = await self._of_workflow(root, batch, workflow)
+            for run_id in batch:
+                try:
+                    files = await self._files(run_id)
+                except (NotFound, Corrupt):
+                    continue
+                row = summary(files)
+                if row is not None and (workflow is None or row.workflow == workflow):
+                    page.append(row)
+                    if len(page) == limit:
+                        break
         return page
+
+    async def _of_workflow(self, root: Root, run_ids: list[str], workflow: str) -> list[str]:
+        """The runs that may be of ``workflow``: uncached ones are passed over by their
+        ``run.json`` alone, all read in one worker thread; cached ones are kept."""
+        uncached = [run_id for run_id in run_ids if self._runs.get(run_id) is None]
+        if not uncached:
+            return run_ids
+        found = dict(
+            zip(uncached, await self._io(partial(workflows_of, root, uncached)), strict=True)
+        )
+        return [run_id for run_id in run_ids if found.get(run_id, workflow) == workflow]
 
     # events ---------------------------------------------------------------
 
@@ -292,12 +303,9 @@ class FsJournal(SharedFiles):
             if not events:
                 return last
             _, index = self._opened()
-            known = self._known(run_id) or run_id
 
             def write() -> int:
-                if not index.waiting(known):
-                    # Durable before the events: after a crash the index still names the run.
-                    index.set(known, files.since(), durable=True)
+                sweeps.before_append(index, files, last + len(events), now.timestamp())
                 return append_events(log, events, now)
 
             return await self._io(self._indexed(files, write))
@@ -335,24 +343,28 @@ class FsJournal(SharedFiles):
         files = await self._files(run_id)
         return dict(files.damaged)
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        files = await self._files(run_id)
+        return files.links()
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
         files = await self._files(run_id)
-        if snapshot_id not in files.snapshots:
+        listed = files.snapshots.get(snapshot_id)
+        if listed is None or listed.retired:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return await self.read_link(run_id, snapshot_id)
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        (link,) = await self.read_links(run_id, [snapshot_id])
+        return link
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        files = await self._files(run_id)
+        for snapshot_id in snapshot_ids:
+            if snapshot_id not in files.snapshots:
+                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
         root, _ = self._opened()
-        path = root.join(*files.snapshot_parts(snapshot_id))
-
-        def read() -> Snapshot:
-            try:
-                data = read_snapshot(root, files, snapshot_id)
-            except FileNotFoundError:
-                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
-            head, newline, payload = data.partition(b"\n")
-            if not newline:
-                raise Corrupt(f"{path}: no metadata line")
-            return Snapshot(parse_meta(path, head, run_id, snapshot_id), payload)
-
-        return await self._io(read)
+        return await self._io(partial(read_snapshots, root, files, list(snapshot_ids)))
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
@@ -362,12 +374,15 @@ class FsJournal(SharedFiles):
         async with files.lock:
             if lease is not None and files.run.lease is not None and lease != files.run.lease:
                 raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+            if meta.base_id is not None and meta.base_id not in files.snapshots:
+                raise Superseded(f"run {meta.run_id!r}: base link {meta.base_id} is gone")
             if meta.kind != "safety":
                 for other in files.snapshots.values():
                     if (
                         other.kind != "safety"
                         and other.version == meta.version
                         and other.through_seq >= meta.through_seq
+                        and not other.retired
                     ):
                         raise Superseded(
                             f"run {meta.run_id!r} already has a snapshot through seq "
@@ -379,13 +394,33 @@ class FsJournal(SharedFiles):
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         files = await self._files(run_id)
         async with files.lock:
-            doomed = [sid for sid in dict.fromkeys(snapshot_ids) if sid in files.snapshots]
+            doomed = [
+                sid
+                for sid in kept_bases(files.snapshots.values(), snapshot_ids)
+                if sid in files.snapshots
+            ]
             if not doomed:
                 return 0
             root, _ = self._opened()
             return await self._io(
                 self._indexed(files, partial(delete_snapshots, root, files, doomed))
             )
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        files = await self._files(run_id)
+        retired = 0
+        async with files.lock:
+            root, _ = self._opened()
+            for snapshot_id in dict.fromkeys(snapshot_ids):
+                listed = files.snapshots.get(snapshot_id)
+                if listed is None or listed.retired:
+                    continue
+                (link,) = await self._io(partial(read_snapshots, root, files, [snapshot_id]))
+                meta = replace(link.meta, retired=True, pinned=False)
+                store = partial(store_snapshot, root, files, Snapshot(meta, link.payload))
+                await self._io(self._indexed(files, store))
+                retired += 1
+        return retired
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         files = await self._files(run_id)
@@ -401,10 +436,36 @@ class FsJournal(SharedFiles):
         """From the index, in a worker thread: no run is read. Runs known damaged
         are left out (they are reported when used; sweeping them would only repeat it)."""
         _, index = self._opened()
-        cached = self._runs.get
+        due = await self._io(partial(index.waiting, cutoff.timestamp(), limit))
+        peek = self._runs.peek
+        return [r for r in due if (files := peek(r)) is None or files.events_damage is None]
 
-        def damaged(run_id: str) -> bool:
-            files = cached(run_id)
-            return files is not None and files.events_damage is not None
+    # sweep schedule (SchedulesSweeps) ----------------------------------------
 
-        return await self._io(partial(index.due, cutoff.timestamp(), limit, damaged))
+    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+        """From the index, in a worker thread: no run is read."""
+        _, index = self._opened()
+        start = None if after is None else (after.due_at.timestamp(), after.run_id)
+        retry = {run_id: at for run_id, (_, at) in self._backoff.items()}
+        found = await self._io(partial(index.due, now.timestamp(), limit, start, retry))
+        return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
+
+    async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
+        files = await self._files(run_id)
+        async with files.lock:
+            old = files.run.due
+            if old is not None and (
+                old.snap_seq > point.snap_seq
+                or (old.snap_seq == point.snap_seq and not snapshotted)
+            ):
+                return
+            if snapshotted:
+                self._backoff.pop(run_id, None)
+            # Advisory: a point lost in a crash leaves the older one, which the runtime replaces.
+            await self._rewrite_run(files, replace(files.run, due=point), durable=False)
+
+    async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
+        await self._files(run_id)
+        failures, _ = self._backoff.get(run_id, (0, 0.0))
+        delay = min(max_delay_s, FIRST_RETRY_S * 2 ** min(failures, 30))
+        self._backoff[run_id] = (failures + 1, now.timestamp() + delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class RunFiles:
         """The newest snapshot of the run's current version."""
         version = self.run.version
         return max(
-            (m for m in self.snapshots.values() if m.version == version),
+            (m for m in self.snapshots.values() if m.version == version and not m.retired),
             key=SnapshotMeta.order_key,
             default=None,
         )
@@ -59,14 +60,30 @@ class RunFiles:
         latest = self.latest()
         return (self.run.created_at if latest is None else latest.created_at).timestamp()
 
-    def due_since(self) -> float | None:
-        """``since()`` when events wait for a snapshot, else None."""
+    def waiting_since(self) -> float:
+        """``since()`` while events wait for a snapshot, else NaN."""
         latest = self.latest()
         through = 0 if latest is None else latest.through_seq
-        return self.since() if self.events.tip[0] > through else None
+        return self.since() if self.events.tip[0] > through else math.nan
+
+    def schedule(self, seq: int, now: float) -> float:
+        """When a sweep should take the run once its events reach ``seq``, by its
+        recorded due point (``SchedulesSweeps``); NaN: not due."""
+        due = self.run.due
+        if due is None:
+            return now if seq > 0 else math.nan
+        if seq >= due.due_seq:
+            return now
+        if due.due_at is not None and seq > due.snap_seq:
+            return due.due_at.timestamp()
+        return math.nan
 
     def listed(self) -> list[SnapshotMeta]:
-        """The snapshots newest first, sorted once per replacement of ``snapshots``."""
+        """The snapshots newest first, retired links left out."""
+        return [m for m in self.links() if not m.retired]
+
+    def links(self) -> list[SnapshotMeta]:
+        """Every snapshot file newest first, sorted once per replacement of ``snapshots``."""
         snapshots = self.snapshots
         if self._listed_from is not snapshots:
             self._listed = newest_first(snapshots.values())
@@ -111,6 +128,10 @@ class RunCache:
         if files is not None:
             self._runs.move_to_end(run_id)
         return files
+
+    def peek(self, run_id: str) -> RunFiles | None:
+        """The cached run without marking it used."""
+        return self._runs.get(run_id)
 
     def add(self, run_id: str, files: RunFiles) -> RunFiles:
         """Keep ``files`` unless the run is already cached; returns the cached one."""

@@ -10,15 +10,15 @@ from typing import Any, Final
 import orjson
 
 from snapshotd.domain.errors import BadRequest, Corrupt
-from snapshotd.domain.model import Event, Run, SnapshotMeta
+from snapshotd.domain.model import DuePoint, Event, Run, SnapshotMeta
 from snapshotd.journals import records
 
 FORMAT: Final = "snapshotd-fs"
 SCHEMA_VERSION: Final = 3
 """3: logs written in checksummed batches, temporaries in ``staging/``, ``due.jsonl``."""
 _LAYOUT: Final = (
-    "{id-<hex utf-8>|h-<sha256>}/{run.json,events.jsonl,snapshots/<uuid>.snap};"
-    "documents/<name>/<name>.doc;audit.jsonl;staging/;due.jsonl;"
+    "{id-<hex utf-8>|h-<sha256>}/{run.json(+due),events.jsonl,snapshots/<uuid>.snap};"
+    "documents/<name>/<name>.doc;audit.jsonl;staging/;due.jsonl=[id,since,ready];"
     "event line=records.event_json;batch=last line +crc member;"
     "snapshot=meta json line+state;document=header line+body"
 )
@@ -52,6 +52,13 @@ def run_json(run: Run) -> bytes:
             "version": run.version,
             "lease": run.lease,
             "created_at": run.created_at,
+            "due": None
+            if run.due is None
+            else {
+                "snap_seq": run.due.snap_seq,
+                "due_seq": run.due.due_seq,
+                "due_at": run.due.due_at,
+            },
         }
     )
 
@@ -66,12 +73,25 @@ def parse_run(path: str, raw: bytes, run_id: str) -> Run:
             obj["lease"],
             0,
             records.parse_time(obj["created_at"]),
+            _parse_due(obj.get("due")),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise Corrupt(f"{path}: not a valid run record ({exc})") from None
     if run.run_id != run_id:
         raise Corrupt(f"{path}: holds run {run.run_id!r}, expected {run_id!r}")
     return run
+
+
+def _parse_due(obj: dict[str, Any] | None) -> DuePoint | None:
+    if obj is None:
+        return None
+    due_at = obj["due_at"]
+    point = DuePoint(
+        obj["snap_seq"], obj["due_seq"], None if due_at is None else records.parse_time(due_at)
+    )
+    if type(point.snap_seq) is not int or type(point.due_seq) is not int:
+        raise TypeError("due point sequence numbers must be integers")
+    return point
 
 
 def parse_meta(path: str, line: bytes, run_id: str, snapshot_id: str) -> SnapshotMeta:

@@ -108,13 +108,14 @@ class Root:
         finally:
             os.close(fd)
 
-    def atomic_write(self, directory: int, name: str, data: bytes) -> None:
+    def atomic_write(self, directory: int, name: str, data: bytes, *, durable: bool = True) -> None:
         """Replace ``name`` in the open ``directory`` with ``data``: temp file in the
         staging directory, fsync, rename, fsync directory.
 
         A crash at any point leaves either the old file or the new one, plus at most
         a temp file that start-up removes. The rename replaces a symlink at ``name``
-        itself, never its target.
+        itself, never its target. Not ``durable``: no directory fsync, so a crash may
+        undo the rename (the old file stays).
         """
         tmp = temp_name()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -130,7 +131,8 @@ class Root:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.staging)
             raise
-        os.fsync(directory)
+        if durable:
+            os.fsync(directory)
 
     def close(self) -> None:
         os.close(self.staging)

@@ -1,26 +1,35 @@
-"""The ``fs:`` journal's index of waiting runs (``due.jsonl``), so a sweep reads no run.
+"""The ``fs:`` journal's run list and sweep index (``due.jsonl``): a sweep reads no run.
 
-A run *waits* while it has events after its latest snapshot of its current
-version; it waits *since* that snapshot was taken (or, with none, since the run
-was created): exactly what ``due_runs`` asks. The index keeps, for waiting runs
-only, that time (epoch seconds) in memory, and logs each change as one line
-``["<run id>", <since or null>]`` in ``due.jsonl``; the last line of a run wins.
+For every run the index keeps two times (epoch seconds; NaN for none) in arrays
+parallel to the sorted run ids, 16 bytes a run:
 
-Durability: a run starts waiting only by an append, and the record saying so is
-written and fsynced *before* the append's events, so after any crash the index
-names every run with unsnapshotted events. Other records (a run stops waiting
-after a snapshot) are not fsynced: losing one only makes the index name a run
-that does not wait, which the adapter corrects when it next looks at the run.
-The file is rewritten from memory (atomically) at open and whenever it holds
-more than twice as many lines as waiting runs. A missing or damaged index is
-rebuilt from the runs themselves at open (slow: it reads every run's tip).
+- *since*: while the run has events after its latest snapshot of its current
+  version, when they began to wait (that snapshot's time or, with none, the run's
+  creation): what ``due_runs`` asks;
+- *ready*: when the run becomes due for a sweep by its recorded due point (by
+  count: the append that reached it; by time: ``due_at`` once an event follows
+  the base; with no point: its first append), as ``SchedulesSweeps`` defines it.
+
+Each change is logged as one line ``["<run id>", <since>, <ready>]`` (null for
+none) in ``due.jsonl``; the last line of a run wins. A run only ever becomes due
+(or due sooner) by an append, and the line saying so is written and fsynced
+*before* the append's events, so after any crash the index names every run that
+has something to snapshot. Other lines (a snapshot was taken) are not fsynced:
+losing one only makes the index name a run with nothing to do, which the adapter
+corrects when it next loads the run. The file is rewritten (atomically) when it
+holds more than twice as many lines as runs, and at open when it holds stale
+lines or a torn last one. A missing or damaged
+index is rebuilt from the runs themselves at open (slow: it reads every run).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 import os
 import threading
+from array import array
 from collections.abc import Callable, Iterable
 
 import orjson
@@ -28,78 +37,114 @@ import orjson
 from snapshotd.journals.fs.files import Root, write_all
 
 NAME = "due.jsonl"
+NONE = math.nan
 _SLACK = 1024
+
+Times = tuple[float, float]
+"""(since, ready) of one run; NaN where there is none."""
+
+
+def _json(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 class DueIndex:
-    """Waiting runs and since when. Blocking; thread-safe (worker threads update it)."""
+    """Sorted run ids with their times. Blocking; thread-safe (one lock)."""
 
-    def __init__(self, root: Root) -> None:
+    def __init__(self, root: Root, ids: list[str]) -> None:
         self._root = root
-        self._since: dict[str, float] = {}
+        self.ids = ids
+        """Sorted; shared with the adapter, which reads it (never writes) on the loop."""
+        self._since = array("d", [NONE]) * len(ids)
+        self._ready = array("d", [NONE]) * len(ids)
         self._lines = 0
         self._size = 0
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._since)
+    def _at(self, run_id: str) -> int:
+        at = bisect.bisect_left(self.ids, run_id)
+        if at == len(self.ids) or self.ids[at] != run_id:
+            raise KeyError(run_id)
+        return at
 
-    def open(
-        self,
-        canonical: Callable[[str], str | None],
-        rebuild: Callable[[], Iterable[tuple[str, float]]],
-    ) -> bool:
+    def open(self, rebuild: Callable[[], Iterable[tuple[str, Times]]]) -> bool:
         """Read ``due.jsonl`` (or ``rebuild()`` it when missing or damaged), keeping
-        runs ``canonical`` knows (it returns the id object to keep, sharing memory
-        with the run list); then rewrite it compacted. True when rebuilt."""
-        since: dict[str, float] = {}
+        known runs; then rewrite it compacted. True when rebuilt."""
         try:
             raw = self._root.read(NAME)
             rebuilt = False
         except FileNotFoundError:
-            raw, rebuilt = b"", True
+            raw, rebuilt = b"", bool(self.ids)
         lines = raw.split(b"\n")
-        if lines[-1]:
-            lines[-1] = b""  # a torn last record: the append it preceded never happened
+        lines.pop()  # b"" after the last newline, or a torn last line: never acknowledged
         try:
-            for line in lines[:-1]:
-                run_id, when = orjson.loads(line)
-                known = canonical(run_id)
-                if known is None:
-                    continue
-                if when is None:
-                    since.pop(known, None)
-                else:
-                    since[known] = float(when)
+            for line in lines:
+                run_id, since, ready = orjson.loads(line)
+                self._store(
+                    run_id, (NONE if since is None else since, NONE if ready is None else ready)
+                )
         except (ValueError, TypeError):
             rebuilt = True
         if rebuilt:
-            since = dict(rebuild())
+            self._since = array("d", [NONE]) * len(self.ids)
+            self._ready = array("d", [NONE]) * len(self.ids)
+            for run_id, times in rebuild():
+                self._store(run_id, times)
         with self._lock:
-            self._since = since
-            self._rewrite()
+            live = sum(
+                1
+                for since, ready in zip(self._since, self._ready, strict=True)
+                if not (math.isnan(since) and math.isnan(ready))
+            )
+            torn = not raw.endswith(b"\n") and bool(raw)
+            if rebuilt or torn or len(lines) > live + _SLACK:
+                self._rewrite()
+            else:
+                self._lines, self._size = len(lines), len(raw)
         return rebuilt
 
+    def _store(self, run_id: str, times: Times) -> None:
+        try:
+            at = self._at(run_id)
+        except KeyError:
+            return
+        self._since[at], self._ready[at] = times
+
     def _rewrite(self) -> None:
-        data = b"".join(
-            orjson.dumps([run_id, when]) + b"\n" for run_id, when in self._since.items()
-        )
+        entries = [
+            orjson.dumps([run_id, _json(since), _json(ready)]) + b"\n"
+            for run_id, since, ready in zip(self.ids, self._since, self._ready, strict=True)
+            if not (math.isnan(since) and math.isnan(ready))
+        ]
+        data = b"".join(entries)
         self._root.atomic_write(self._root.fd, NAME, data)
-        self._lines, self._size = len(self._since), len(data)
+        self._lines, self._size = len(entries), len(data)
 
-    def set(self, run_id: str, since: float | None, *, durable: bool = False) -> None:
-        """Record that ``run_id`` waits since ``since`` (None: does not wait).
-
-        Writes a line only when that changes; ``durable`` fsyncs it before returning.
-        """
+    def add(self, run_id: str) -> None:
+        """A new run (no events yet, so neither waiting nor due)."""
         with self._lock:
-            if self._since.get(run_id) == since:
+            at = bisect.bisect_left(self.ids, run_id)
+            self.ids.insert(at, run_id)
+            self._since.insert(at, NONE)
+            self._ready.insert(at, NONE)
+
+    def times(self, run_id: str) -> Times:
+        with self._lock:
+            at = self._at(run_id)
+            return self._since[at], self._ready[at]
+
+    def set(self, run_id: str, times: Times, *, durable: bool = False) -> None:
+        """Record the run's times; writes a line only when they change (``durable``:
+        fsynced before returning). KeyError for an unknown run."""
+        with self._lock:
+            at = self._at(run_id)
+            old = (self._since[at], self._ready[at])
+            if all(
+                a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(old, times, strict=True)
+            ):
                 return
-            if since is None:
-                del self._since[run_id]
-            else:
-                self._since[run_id] = since
-            line = orjson.dumps([run_id, since]) + b"\n"
+            self._since[at], self._ready[at] = times
+            line = orjson.dumps([run_id, _json(times[0]), _json(times[1])]) + b"\n"
             fd = self._root.open((NAME,), os.O_WRONLY | os.O_CREAT)
             try:
                 write_all(fd, line, self._size)
@@ -109,15 +154,25 @@ class DueIndex:
                 os.close(fd)
             self._size += len(line)
             self._lines += 1
-            if self._lines > 2 * len(self._since) + _SLACK:
+            if self._lines > 2 * len(self.ids) + _SLACK:
                 self._rewrite()
 
-    def waiting(self, run_id: str) -> bool:
-        return run_id in self._since
-
-    def due(self, cutoff: float, limit: int, skip: Callable[[str], bool]) -> list[str]:
-        """Up to ``limit`` runs waiting since before ``cutoff``, longest waiting first,
-        leaving out those ``skip`` names."""
+    def waiting(self, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` runs waiting since before ``cutoff``, longest waiting first."""
         with self._lock:
-            waiting = [(when, run_id) for run_id, when in self._since.items() if when < cutoff]
-        return [run_id for _, run_id in heapq.nsmallest(limit, waiting) if not skip(run_id)]
+            found = [(s, r) for s, r in zip(self._since, self.ids, strict=True) if s < cutoff]
+        return [run_id for _, run_id in heapq.nsmallest(limit, found)]
+
+    def due(
+        self, now: float, limit: int, after: tuple[float, str] | None, retry: dict[str, float]
+    ) -> list[tuple[float, str]]:
+        """Up to ``limit`` (time, run id) due at ``now`` after ``after``, in that order;
+        ``retry`` holds back-offs (a run is due at the later of ready and retry)."""
+        with self._lock:
+            found = [(t, r) for t, r in zip(self._ready, self.ids, strict=True) if t <= now]
+        if retry:
+            found = [(max(t, retry.get(r, t)), r) for t, r in found]
+            found = [item for item in found if item[0] <= now]
+        if after is not None:
+            found = [item for item in found if item > after]
+        return heapq.nsmallest(limit, found)

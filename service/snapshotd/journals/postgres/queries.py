@@ -43,12 +43,16 @@ class Queries:
     append: str
     event_bodies: str
     list_snapshots: str
+    list_links: str
     read_snapshot: str
+    read_links: str
     try_run_lock: str
     run_lease: str
     latest_progress: str
     insert_snapshot: str
+    lock_base: str
     delete_snapshots: str
+    retire_snapshots: str
     set_pinned: str
     due_runs: str
     sweep_due: str
@@ -57,6 +61,9 @@ class Queries:
     record_failure: str
     lock: str
     append_audit: str
+    queue_audit_batch: str
+    sequence_audit: str
+    prune_audit: str
     read_audit: str
     get_document: str
     insert_document: str
