@@ -19,8 +19,7 @@ from snapshotd.journals.memory import MemoryJournal
 from snapshotd.runtime.actor import sweep_due
 from snapshotd.runtime.instance import Instance
 
-from .support import append, new_run
-from .support import make_instance as _make_instance
+from .support import append, make_instance, new_run
 
 pytestmark = pytest.mark.anyio
 
@@ -41,14 +40,6 @@ async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield opened
     finally:
         await opened.aclose()
-
-
-def make_instance(journal: Any, **settings: Any) -> Instance:
-    """An instance that sweeps every slice: these tests are about scheduling alone
-    (slice ownership has tests/runtime/test_slices.py)."""
-    instance = _make_instance(journal, **settings)
-    instance.slices = None
-    return instance
 
 
 async def drain(instance: Instance) -> None:
@@ -145,7 +136,6 @@ async def test_checks_of_a_known_run_write_nothing(journal: Any) -> None:
 
 
 async def test_a_sweep_can_be_limited_to_some_slices(journal: Any) -> None:
-    make_instance(journal, snapshot_threshold=2)
     ids = [f"slice-{i}" for i in range(6)]
     for run_id in ids:
         await new_run(journal, run_id, 3)
