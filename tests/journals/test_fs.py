@@ -656,8 +656,9 @@ def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
         # Read through the buffered reader: readline() may already hold later lines,
         # which communicate() (reading the raw pipe) would lose.
         assert proc.stdout is not None and proc.stderr is not None
-        out = proc.stdout.read()
-        proc.stderr.read()
+        with proc.stdout, proc.stderr:
+            out = proc.stdout.read()
+            proc.stderr.read()
         proc.wait(10)
     text = (first + out).decode()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
@@ -669,7 +670,6 @@ async def test_kill_9_loses_no_acknowledged_write(root: Path) -> None:
     acked_seq = acked_audit = acked_doc = 0
     snapshots: set[str] = set()
     deleting: set[str] = set()
-    started = time.monotonic()
     for iteration in range(8):
         for line in run_writer(root, iteration, rng):
             word, _, rest = line.partition(" ")
@@ -701,7 +701,6 @@ async def test_kill_9_loses_no_acknowledged_write(root: Path) -> None:
             assert (doc.version if doc else 0) >= acked_doc
         finally:
             await journal.aclose()
-    assert time.monotonic() - started < 20
 
 
 # locked down -----------------------------------------------------------------------
