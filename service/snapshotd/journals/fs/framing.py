@@ -29,6 +29,7 @@ from snapshotd.domain.errors import Corrupt
 
 MARK: Final = b',"crc":"'
 _DIGITS = 8
+_HEX = b"0123456789abcdef"
 _TAIL: Final = len(MARK) + _DIGITS + 2
 """Length of ``,"crc":"<8 hex>"}`` at the end of a batch's last line."""
 
@@ -74,13 +75,9 @@ def batch_ok(raws: list[bytes], first: int) -> bool:
     numbered from ``first`` exactly as written."""
     blob = b"\n".join(raws)
     digits = blob[-_DIGITS - 2 : -2]
-    if len(digits) != _DIGITS or not digits.isalnum() or not is_last(raws[-1]):
+    if len(digits) != _DIGITS or digits.strip(_HEX) or blob[-2:] != b'"}' or not is_last(raws[-1]):
         return False
-    try:
-        stored = int(digits, 16)
-    except ValueError:
-        return False
-    return zlib.crc32(memoryview(blob)[: -_DIGITS - 2], first & 0xFFFFFFFF) == stored
+    return zlib.crc32(memoryview(blob)[: -_DIGITS - 2], first & 0xFFFFFFFF) == int(digits, 16)
 
 
 def verify(
