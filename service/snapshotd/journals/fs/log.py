@@ -253,7 +253,7 @@ class JsonlLog:
             want = min(limit, last - after)
             start = self._locate(fd, after, tip)
             batch_start, back = _batch_start(fd, start)
-            raws, ends = self._collect(fd, batch_start, end, back + want, after - back)
+            raws, ends, stop = self._collect(fd, batch_start, end, back + want, after - back)
         finally:
             os.close(fd)
         verify(raws, after - back + 1, self.path, self.key, ends)
@@ -261,8 +261,8 @@ class JsonlLog:
         for index in ends:
             if back <= index < back + want:
                 served[index - back] = unframe(raws[index])
-        taken = back + want
-        self._mark(after + want, batch_start + sum(map(len, raws[:taken])) + taken)
+        rest = raws[back + want :]  # the end of the last batch, past the lines wanted
+        self._mark(after + want, stop - sum(map(len, rest)) - len(rest))
         return served, list(map(orjson.loads, served)) if parse else []
 
     def _locate(self, fd: int, after: int, tip: tuple[int, int]) -> int:
@@ -312,10 +312,10 @@ class JsonlLog:
 
     def _collect(
         self, fd: int, offset: int, end: int, want: int, before: int
-    ) -> tuple[list[bytes], list[int]]:
+    ) -> tuple[list[bytes], list[int], int]:
         """At least ``want`` lines from ``offset`` (numbered from ``before + 1``), and
         the rest of the batch holding the last of them; with the indexes of the
-        batches' last lines."""
+        batches' last lines and the offset just past them."""
         raws: list[bytes] = []
         ends: list[int] = []
         pending = b""
@@ -332,8 +332,10 @@ class JsonlLog:
             raws.extend(data[: cut - 1].split(b"\n") if cut else ())
             if ends and ends[-1] >= want - 1:
                 last = next(index for index in ends if index >= want - 1)
+                dropped = raws[last + 1 :]
                 del raws[last + 1 :]
-                return raws, [index for index in ends if index <= last]
+                stop = offset - len(pending) - sum(map(len, dropped)) - len(dropped)
+                return raws, [index for index in ends if index <= last], stop
         raise Corrupt(f"{self.path}: line {before + len(raws) + 1}: missing or truncated")
 
     def _mark(self, number: int, offset: int) -> None:
