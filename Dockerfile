@@ -9,12 +9,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/snapshotd
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY service/ service/
 # service/snapshotd/migrations is a symlink to ../../migrations: the wheel resolves it.
 COPY migrations/ migrations/
-# A regular (non-editable) install, constrained to the versions the tests ran with.
-RUN /opt/snapshotd/bin/pip install -c constraints.txt .
+# A regular (non-editable) install, constrained to the versions the tests ran with,
+# with the gRPC exporter (OTEL_EXPORTER_OTLP_PROTOCOL=grpc).
+RUN /opt/snapshotd/bin/pip install -c constraints.txt ".[grpc]"
 
 # --- runtime
 FROM ${PYTHON_IMAGE}

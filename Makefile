@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's bounded-state workflow is configured, so `snapshotd demo` against this
+# daemon compares it with the step log.
 run: install
-	$(BIN)/snapshotd serve
+	SNAPSHOTD_WORKFLOWS__DEMO_KV__REDUCER=last_by_key $(BIN)/snapshotd serve
 
 test: install
 	$(BIN)/python -m pytest
@@ -25,9 +27,9 @@ lint: install
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
-# The Dockerfile, manifests, compose file and unit, checked offline (tests/test_deploy.py).
+# The Dockerfile, manifests, compose file, unit, alert rules and dashboard, checked offline.
 lint-deploy: install
-	$(BIN)/python -m pytest -q tests/test_deploy.py
+	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_dashboards.py
 
 # The bench extra (eventsourcing, psycopg, matplotlib) is only needed here.
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -22,8 +22,9 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ours, report
+from bench import ours, report, throughput
 from bench.daemon import SNAPSHOTD, Daemon
+from bench.incremental import bench_incremental
 from bench.scale import bench_scale
 from bench.stats import Figure, cross_ratio
 from bench.targets import evaluate, spec_targets
@@ -39,7 +40,10 @@ FULL = ours.Plan(
     flood_requests=1_000_000,
     flood_queue=100,
     flood_runs=200,
+    inc_starts=(1_000, 100_000),
+    inc_consecutive=100,
     scale_runs=200_000,
+    throughput_runs=3000,
 )
 QUICK = ours.Plan(
     sizes=(1_000, 10_000),
@@ -50,7 +54,10 @@ QUICK = ours.Plan(
     flood_requests=200_000,
     flood_queue=100,
     flood_runs=50,
+    inc_starts=(1_000, 2_000),
+    inc_consecutive=10,
     scale_runs=10_000,
+    throughput_runs=300,
 )
 
 METHOD = """
@@ -67,6 +74,14 @@ METHOD = """
   would, and is what the eventsourcing comparison uses.
 - **snapshot cost**: `snapshot_now` (force) 100 events past the previous snapshot, on
   the 1,000-event run and on the largest run, request to reply.
+- **incremental snapshots**: per reducer (`steps`, `last_by_key`, `merge_patch`; the
+  data as above, so a `steps` state holds every event: ~10 MB at 100,000 events) and
+  journal, a run built as it lives with the default threshold (100 events appended,
+  `snapshot_now`, again and again) up to seq 1,000 or 100,000, then the mean of 100
+  consecutive `snapshot_now` calls each 100 events past the previous (delta merges and
+  consolidations included), with `max_snapshot_bytes` above the state's size. Storage:
+  the bytes the run's snapshot files or rows take (links included) beside the
+  `size_bytes` of its kept snapshots (what storing them whole took before chains).
 - **fire-and-forget**: N `snapshot` requests without id over 100 runs of the `bench`
   workflow (their attempts end as `disabled`, without writes), then a `ping` with id
   on the same connection; its reply (replies are in order) marks the end.
@@ -87,6 +102,11 @@ METHOD = """
   written straight to disk in the journal's format (none snapshotted, all due by
   time); start-up runs from spawn to the first `ping` reply; then `ping` paced at
   1,000/s for 5 s while the sweeps queue and snapshot the due runs.
+- **throughput**: runs of the `tp` workflow (`last_by_key` over 10 keys of ~100 bytes,
+  a ~1 KB state), each with a base snapshot and 100 events past it, written through
+  the journal adapter with no daemon running; then a fresh daemon (threshold 100)
+  gets one fire-and-forget `snapshot` per run and the figure is runs per second from
+  the first hint to `taken` reaching the number of runs (bench/throughput.py).
 - **`--quick`**: runs of at most 10,000 events, so the targets the SPEC defines on a
   100,000-event run show their figure with `n/a (quick)` instead of a verdict.
 - **eventsourcing**: its `Application` with the PostgreSQL recorder on a fresh
@@ -173,10 +193,28 @@ def measure(plan: ours.Plan, workdir: Path, journals: list[str], sections: Secti
             return
         conn = stack.enter_context(daemon.connect())
         sections.run("load", lambda: ours.bench_load_and_snapshot(conn, journals, plan))
+        sections.run(
+            "incremental",
+            lambda: bench_incremental(
+                conn,
+                journals,
+                plan.inc_starts,
+                plan.inc_consecutive,
+                plan.repeats,
+                workdir / "data",
+                pg_dsn,
+            ),
+        )
         sections.run("latency", lambda: ours.bench_latency(socket_path, plan))
         sections.run("fire_and_forget", lambda: ours.bench_fire_and_forget(socket_path, plan))
         if daemon.process is not None and daemon.process.poll() is not None:
             sections.errors["daemon"] = "the daemon exited: " + daemon.log_tail()
+        sections.run(
+            "throughput",
+            lambda: throughput.bench_throughput(
+                workdir, journals, pg_dsn, runs=plan.throughput_runs, rounds=plan.repeats
+            ),
+        )
     sections.run("flood", lambda: ours.bench_flood(workdir / "flood", plan))
     sections.run("scale", lambda: bench_scale(workdir / "scale", plan.scale_runs))
 

@@ -39,7 +39,12 @@ class Plan:
     flood_requests: int
     flood_queue: int
     flood_runs: int
+    inc_starts: tuple[int, int]
+    """Incremental snapshots: the two starting seqs compared (SPEC: 1,000 and 100,000)."""
+    inc_consecutive: int
+    """Incremental snapshots: consecutive snapshots averaged (SPEC: 100)."""
     scale_runs: int
+    throughput_runs: int
 
     @property
     def largest(self) -> int:
@@ -53,7 +58,9 @@ def daemon_config(socket_path: str, data_dir: Path, pg_dsn: str | None) -> str:
     instances: dict[str, dict[str, Any]] = {"fs": {"journal": f"fs:{data_dir}"}}
     if pg_dsn is not None:
         instances["pg"] = {"journal": pg_dsn}
-    return render_config(socket_path, instances, bench=BENCH_WORKFLOW)
+    from bench.incremental import WORKFLOWS
+
+    return render_config(socket_path, instances, bench=BENCH_WORKFLOW, **WORKFLOWS)
 
 
 def append_events(conn: Connection, instance: str, run: str, first_seq: int, count: int) -> None:

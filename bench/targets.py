@@ -95,6 +95,23 @@ def spec_targets(
                 full_size=True,
             ),
         ]
+        for reducer in ("steps", "last_by_key", "merge_patch"):
+            targets.append(
+                Target(
+                    f"mean of 100 consecutive snapshots from seq 100,000 / from 1,000,"
+                    f" {reducer} ({name})",
+                    f"inc.{journal}.{reducer}.ratio",
+                    "<=",
+                    1.5,
+                    "x",
+                    full_size=True,
+                )
+            )
+    minimum = {"fs": 2000, "pg": 1000}
+    targets += [
+        Target(f"snapshots/s, one daemon ({names[j]})", f"throughput.{j}", ">=", minimum[j], "/s")
+        for j in journals
+    ]
     targets += [
         Target(
             f"snapshot at {largest:,}: eventsourcing take_snapshot time / ours (PostgreSQL)",

@@ -30,6 +30,7 @@ def make_snapshot(
     reducer: str = "steps",
     now: datetime = T0,
     safety_ttl_s: float = 60,
+    label: str | None = None,
 ) -> Snapshot:
     """A snapshot of ``tail`` folded onto ``base`` by the built-in ``reducer``."""
     return compaction.compact(
@@ -42,6 +43,7 @@ def make_snapshot(
         kind=kind,
         now=now,
         safety_ttl_s=safety_ttl_s,
+        label=label,
     ).snapshot
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,10 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
         ["status", "--json", "--socket", "/s"],
         ["snapshot", "r", "--lease", "l", "--instance", "mem"],
         ["snapshot-now", "r", "--force", "--kind", "safety"],
+        ["snapshot-now", "r", "--label", "before-migration-42"],
         ["load", "r", "--after-seq", "3", "--limit", "10"],
+        ["load", "r", "--snapshot", "id", "--limit", "10"],
+        ["runs", "--workflow", "w", "--after", "r", "--limit", "5"],
         ["list", "r"],
         ["pin", "r", "id"],
         ["unpin", "r", "id"],
@@ -61,8 +65,9 @@ def test_every_command_parses(argv: list[str]) -> None:
         [],
         ["load"],
         ["pin", "r"],
-        ["migrate"],
         ["snapshot-now", "r", "--kind", "auto"],
+        ["load", "r", "--snapshot", "id", "--after-seq", "1"],
+        ["runs", "--limit", "many"],
         ["demo", "--runs", "0"],
     ],
 )
@@ -157,8 +162,47 @@ def test_options_before_the_command(
 def test_json_errors_are_json(daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "load", "missing", "--json", "--socket", daemon.socket_path)
     assert code == 1
-    assert json.loads(out)["error"]["code"] == "not_found"
-    assert "not_found" in err
+    error = json.loads(out)["error"]
+    assert error == {"code": "not_found", "message": "run 'missing' not found"}
+    assert err == "snapshotd: not_found: run 'missing' not found\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "printed"),
+    [
+        (["nosuchrun"], 1, "skipped: no_run"),
+        (["cli-run", "--lease", "other"], 1, "skipped: stale_lease"),
+        (["cli-run", "--lease", "L"], 0, ""),  # taken, or not due: both succeed
+    ],
+)
+def test_snapshot_now_exit_code_says_whether_a_snapshot_is_there(
+    daemon: DaemonProcess,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: int,
+    printed: str,
+) -> None:
+    result = _run(capsys, "snapshot-now", *argv, "--socket", daemon.socket_path)
+    assert result[0] == code
+    assert result[1].startswith(printed)
+    result = _run(capsys, "snapshot-now", *argv, "--json", "--socket", daemon.socket_path)
+    assert result[0] == code
+    assert json.loads(result[1])["status"] in ("taken", "skipped")
+
+
+def test_every_option_and_argument_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert commands.choices
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:" in out
+    assert "2    usage or configuration error" in out
 
 
 def test_unreachable_daemon_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,22 +237,44 @@ def test_demo_against_a_running_daemon(
     )
     assert code == 0
     summary = json.loads(out)
-    assert summary["events"] == 120
-    assert summary["snapshot_requests"] == 12
-    assert summary["load"]["full_replay_events"] == 60
+    assert summary["events"] == 240  # 2 runs of 60 events in each of the 2 workflows
+    assert summary["snapshot_requests"] == 24
+    kv, steps = summary["workflows"]["demo_kv"], summary["workflows"]["demo_steps"]
+    assert kv["full_replay_events"] == steps["full_replay_events"] == 60
+    # This daemon configures no demo_kv workflow: both fold with the default, and the
+    # demo says so instead of claiming a bounded state.
+    assert kv["reducer"] == steps["reducer"] == "steps"
+    assert f"the daemon at {daemon.socket_path} folds demo_kv with steps" in summary["note"]
+    assert "SNAPSHOTD_WORKFLOWS__DEMO_KV__REDUCER=last_by_key" in summary["note"]
     assert "appended" in err
 
 
-def test_demo_embedded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_says_when_no_snapshot_was_taken(
+    daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("--socket", daemon.socket_path, "--instance", "mem", "--runs", "1", "--events", "20")
+    code, out, _ = _run(capsys, "demo", *argv, "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert summary["workflows"]["demo_kv"]["reducer"] is None
+    assert summary["note"].startswith("no snapshot was taken for a demo run")
+
+
+def test_demo_embedded_compares_a_bounded_state_with_the_step_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = _run(
         capsys, "demo", "--socket", str(tmp_path / "none.sock"), "--runs", "2", "--events", "300"
     )
     assert code == 0
     assert "embedded" in err
     assert "snapshots taken:" in out
-    assert "snapshot + tail:" in out
+    assert "(workflow demo_kv, reducer last_by_key, snapshot " in out
+    assert "(workflow demo_steps, reducer steps, snapshot " in out
+    assert out.count("snapshot + tail:") == 2
+    assert "why they differ: last_by_key keeps one value per key" in out
     taken = int(out.split("snapshots taken:")[1].split()[0])
-    assert taken >= 2
+    assert taken >= 4
 
 
 @pytest.mark.postgres
@@ -216,4 +282,34 @@ def test_migrate(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = _run(capsys, "migrate", "--dsn", pg_dsn)
     assert code == 0
     code, out, _ = _run(capsys, "migrate", "--dsn", pg_dsn, "--json")
-    assert (code, json.loads(out)) == (0, {"applied": []})
+    assert (code, json.loads(out)["applied"]) == (0, [])
+
+
+@pytest.mark.postgres
+def test_migrate_reads_every_dsn_of_snapshotd_dsn(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = [f"{pg_dsn}?schema=shard_{i}" for i in range(2)]
+    monkeypatch.setenv("SNAPSHOTD_DSN", f" {shards[0]}\n\t{shards[1]} ")
+    code, out, _ = _run(capsys, "migrate", "--json")
+    result = json.loads(out)
+    assert code == 0
+    assert [db["applied"] for db in result["databases"]] == [result["applied"]] * 2
+    assert result["applied"]
+    assert all("schema=shard_" in db["database"] for db in result["databases"])
+    code, out, _ = _run(capsys, "migrate")
+    assert code == 0
+    assert out.count("database is up to date") == 2
+    # --dsn wins over the environment.
+    code, out, _ = _run(capsys, "migrate", "--dsn", shards[0])
+    assert (code, out) == (0, "database is up to date\n")
+
+
+def test_migrate_without_a_dsn_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNAPSHOTD_DSN", "  ")
+    code, out, err = _run(capsys, "migrate", "--json")
+    assert code == 2
+    assert "no DSN: pass --dsn or set SNAPSHOTD_DSN" in err
+    assert json.loads(out)["error"]["code"] == "usage"

@@ -9,6 +9,7 @@ import pytest
 from snapshotd.config import load_config
 from snapshotd.domain.errors import ConfigError
 from snapshotd.domain.policies import Policy
+from tests.e2e.daemon import serve_to_exit
 
 FULL = """
 [socket]
@@ -241,3 +242,165 @@ def test_threshold_infinity_is_spelled_exactly(tmp_path: Path, spelling: str) ->
     env = {"SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_THRESHOLD": spelling}
     with pytest.raises(ConfigError, match="snapshot_threshold"):
         load_config(None, env)
+
+
+def test_connection_and_instance_keys_of_this_revision(tmp_path: Path) -> None:
+    text = (
+        "[socket]\nidle_timeout_s = 0\nmax_buffered_bytes = 1000\n\n"
+        '[instances.default]\njournal = "postgresql://u@db/x"\naudit_retention_s = 0\n'
+        'slice_lease_s = 2.5\nlisten_dsn = "postgresql://u@primary:5432/x"\n\n'
+    )
+    config = load_config(write(tmp_path, text), {})
+    assert config.socket.idle_timeout_s == 0
+    assert config.socket.max_buffered_bytes == 1000
+    default = config.instances["default"]
+    assert default.audit_retention_s == 0
+    assert default.slice_lease_s == 2.5
+    assert default.listen_dsn == "postgresql://u@primary:5432/x"
+
+
+def test_defaults_of_this_revision() -> None:
+    config = load_config(None, {})
+    assert config.socket.idle_timeout_s == 300
+    assert config.socket.max_buffered_bytes == 64 * 1024 * 1024
+    assert config.socket.max_connections == 1024
+    default = config.instances["default"]
+    assert default.audit_retention_s == 2_592_000
+    assert default.slice_lease_s == 10
+    assert default.listen_dsn is None
+
+
+def test_new_keys_from_the_environment() -> None:
+    config = load_config(
+        None,
+        {
+            "SNAPSHOTD_SOCKET_IDLE_TIMEOUT_S": "2.5",
+            "SNAPSHOTD_SOCKET_MAX_BUFFERED_BYTES": "4096",
+            "SNAPSHOTD_INSTANCES__DEFAULT__AUDIT_RETENTION_S": "60",
+            "SNAPSHOTD_INSTANCES__DEFAULT__LISTEN_DSN": "postgresql://a/x",
+        },
+    )
+    assert config.socket.idle_timeout_s == 2.5
+    assert config.socket.max_buffered_bytes == 4096
+    assert config.instances["default"].audit_retention_s == 60
+    assert config.instances["default"].listen_dsn == "postgresql://a/x"
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "1800"])
+def test_snapshot_interval_zero_or_at_least_one_second(value: str) -> None:
+    env = {"SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_INTERVAL_S": value}
+    assert load_config(None, env).instances["default"].policy.snapshot_interval_s == float(value)
+
+
+@pytest.mark.parametrize("value", ["1e-9", "0.5", "0.999"])
+def test_snapshot_interval_below_one_second_is_refused(value: str) -> None:
+    # 1e-9 was accepted and made an idle daemon sweep without pause, burning a core.
+    env = {"SNAPSHOTD_INSTANCES__DEFAULT__SNAPSHOT_INTERVAL_S": value}
+    with pytest.raises(ConfigError, match=r"^instances\.default\.snapshot_interval_s .*>= 1"):
+        load_config(None, env)
+
+
+NEW_BAD_VALUES = [
+    ("socket.idle_timeout_s", "-1", ">= 0"),
+    ("socket.idle_timeout_s", "'soon'", ">= 0"),
+    ("socket.max_buffered_bytes", "0", "positive integer"),
+    ("instances.default.audit_retention_s", "-1", ">= 0"),
+    ("instances.default.slice_lease_s", "0", "> 0"),
+    ("instances.default.listen_dsn", "'mysql://x'", "postgresql://"),
+    ("instances.default.listen_dsn", "['postgresql://a/x']", "postgresql://"),
+    ("instances.default.listen_dsn", "'postgresql://a:0/x'", "invalid PostgreSQL DSN"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), NEW_BAD_VALUES)
+def test_each_invalid_new_value_names_its_key(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    table, _, leaf = key.rpartition(".")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[{table}]\n{leaf} = {value}\n"), {})
+    message = str(info.value)
+    assert message.startswith(f"{key}: ") and expected in message
+
+
+BAD_DSNS = [
+    ("postgresql://u:secret@db:99999/x", "port 99999 is out of range"),
+    ("postgresql://u:secret@db:0/x", "port 0 is out of range"),
+    ("postgresql://u:secret@db:abc/x", "port 'abc' is not a number"),
+    ("postgresql://u:secret@[::1/x", "no closing ']'"),
+    ("postgresql://u:secret@[::1]x/x", "expected ':PORT'"),
+    ("postgresql://u:secret@a:5432,b:x/x", "port 'x' is not a number"),
+    ("postgresql://u:secret@db/x?sslmode=bogus", "sslmode 'bogus' is not one of"),
+    ("postgresql://u:secret@db/x?target_session_attrs=any-writer", "target_session_attrs"),
+    ("postgresql://u:secret@db/x?schema=Bad-Name", "schema 'Bad-Name'"),
+    ("postgresql://u:secret@db/x?port=70000", "port 70000 is out of range"),
+    ("postgresql://u:secret@db x/x", "spaces"),
+    ("postgresql://u:secret@db$1/x", "is not a host name"),
+]
+
+
+@pytest.mark.parametrize(("dsn", "expected"), BAD_DSNS)
+def test_bad_dsns_fail_with_one_message_naming_the_key(dsn: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"SNAPSHOTD_INSTANCES__DEFAULT__JOURNAL": dsn})
+    message = str(info.value)
+    assert message.startswith("instances.default.journal (from SNAPSHOTD_INSTANCES__DEFAULT__")
+    assert expected in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:p%40ss@db:5432/x?schema=snap&sslmode=verify-full",
+        "postgres://db/x",
+        "postgresql:///x?host=/var/run/postgresql",
+        "postgresql://u@h1:5432,h2:5433/x?target_session_attrs=read-write",
+        "postgresql://u@[::1]:5432/x",
+        "postgresql://u@[fe80::1%25eth0]/x",
+        "postgresql://u@my_db-1.example/x?prepared_statements=false&application_name=sd",
+    ],
+)
+def test_good_dsns_pass(dsn: str) -> None:
+    env = {"SNAPSHOTD_INSTANCES__DEFAULT__JOURNAL": dsn}
+    assert load_config(None, env).instances["default"].journal == dsn
+
+
+def test_a_bad_dsn_stops_serve_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "snapshotd.toml"
+    config.write_text(
+        f'[socket]\npath = "{tmp_path / "s.sock"}"\n\n'
+        '[instances.default]\njournal = "postgresql://u:pw@localhost:99999/x"\n'
+    )
+    done = serve_to_exit(config)
+    assert done.returncode != 0
+    assert "instances.default.journal: invalid PostgreSQL DSN: port 99999" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pw" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "var",
+    [
+        "SNAPSHOTD_SERVICE_HOST",
+        "SNAPSHOTD_SERVICE_PORT",
+        "SNAPSHOTD_SERVICE_PORT_HTTP",
+        "SNAPSHOTD_PORT",
+        "SNAPSHOTD_PORT_8080_TCP",
+        "SNAPSHOTD_PORT_8080_TCP_PROTO",
+        "SNAPSHOTD_PORT_8080_TCP_PORT",
+        "SNAPSHOTD_PORT_8080_TCP_ADDR",
+        "SNAPSHOTD_DSN",
+        "SNAPSHOTD_MIGRATIONS",
+    ],
+)
+def test_kubernetes_service_links_and_non_config_variables_are_ignored(var: str) -> None:
+    assert load_config(None, {var: "tcp://10.0.0.1:8080"}).instances["default"].journal
+
+
+@pytest.mark.parametrize(
+    "var", ["SNAPSHOTD_SERVICEHOST", "SNAPSHOTD_SERVICE_NAME", "SNAPSHOTD_PORTS"]
+)
+def test_other_unknown_variables_are_still_errors(var: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{var}: unknown setting"):
+        load_config(None, {var: "1"})

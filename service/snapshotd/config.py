@@ -18,11 +18,14 @@ from typing import Any
 
 from snapshotd.domain.errors import ConfigError
 from snapshotd.domain.policies import Policy
+from snapshotd.dsn import InvalidDsn, check_dsn
 
 DEFAULT_INSTANCE = "default"
 DEFAULT_JOURNAL = "fs:./data"
 DEFAULT_SOCKET_PATH = "./snapshotd.sock"
 DEFAULT_QUEUE_CAPACITY = 10_000
+DEFAULT_AUDIT_RETENTION_S = 2_592_000.0
+DEFAULT_SLICE_LEASE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,9 @@ class SocketConfig:
     max_frame_bytes: int = 1_048_576
     allowed_uids: tuple[int, ...] | None = None
     max_connections: int = 1024
+    idle_timeout_s: float = 300.0
+    """0 disables: connections may then stay idle forever."""
+    max_buffered_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,11 @@ class InstanceConfig:
     journal: str
     policy: Policy
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
+    audit_retention_s: float = DEFAULT_AUDIT_RETENTION_S
+    """0 keeps audit entries forever."""
+    slice_lease_s: float = DEFAULT_SLICE_LEASE_S
+    listen_dsn: str | None = None
+    """PostgreSQL: a direct DSN for LISTEN when ``journal`` goes through a pooler."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,13 @@ def _seconds(value: Any, *, allow_zero: bool) -> float:
 
 
 def _interval(value: Any) -> float:
+    seconds = _seconds(value, allow_zero=True)
+    if 0 < seconds < 1:
+        raise _Invalid("must be 0 (disabled) or a number of seconds >= 1")
+    return seconds
+
+
+def _seconds_or_zero(value: Any) -> float:
     return _seconds(value, allow_zero=True)
 
 
@@ -123,11 +141,23 @@ def _callable_name(value: Any) -> str:
 def _journal(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("must be a string")
-    if value == "memory:" or value.startswith(("postgresql://", "postgres://")):
+    if value == "memory:":
         return value
+    if value.startswith(("postgresql://", "postgres://")):
+        return _dsn(value)
     if value.startswith("fs:") and len(value) > 3:
         return value
     raise _Invalid("must be 'memory:', 'fs:PATH' or 'postgresql://...'")
+
+
+def _dsn(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("must be a postgresql:// DSN")
+    try:
+        check_dsn(value)
+    except InvalidDsn as exc:
+        raise _Invalid(f"invalid PostgreSQL DSN: {exc}") from None
+    return value
 
 
 def _mode(value: Any) -> int:
@@ -191,6 +221,9 @@ _INSTANCE_KEYS: dict[str, _Key] = {
     **_POLICY_KEYS,
     "journal": _Key(_journal, _env_str),
     "queue_capacity": _QUEUE_CAPACITY,
+    "audit_retention_s": _Key(_seconds_or_zero, _env_number),
+    "slice_lease_s": _Key(_ttl, _env_number),
+    "listen_dsn": _Key(_dsn, _env_str),
 }
 _WORKFLOW_KEYS: dict[str, _Key] = {**_POLICY_KEYS, "queue_capacity": _QUEUE_CAPACITY}
 _SOCKET_KEYS: dict[str, _Key] = {
@@ -199,6 +232,8 @@ _SOCKET_KEYS: dict[str, _Key] = {
     "max_frame_bytes": _Key(_positive_int, _env_int),
     "allowed_uids": _Key(_uids, _env_uids),
     "max_connections": _Key(_positive_int, _env_int),
+    "idle_timeout_s": _Key(_seconds_or_zero, _env_number),
+    "max_buffered_bytes": _Key(_positive_int, _env_int),
 }
 _TABLE_KEYS = {"instances": _INSTANCE_KEYS, "workflows": _WORKFLOW_KEYS}
 
@@ -260,8 +295,14 @@ def _check(keys: Mapping[str, _Key], where: str, key: str, value: Any, source: s
         raise ConfigError(f"{where}.{key}{source}: {exc}") from None
 
 
-NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS"})
+NON_CONFIG_ENV = frozenset({"SNAPSHOTD_MIGRATIONS", "SNAPSHOTD_DSN"})
 """``SNAPSHOTD_*`` variables that are not configuration keys (see docs/operations.md)."""
+_SERVICE_LINKS = re.compile(r"SNAPSHOTD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?)")
+"""What Kubernetes injects into every pod of a namespace with a Service named snapshotd."""
+
+
+def _ignored(upper: str) -> bool:
+    return upper in NON_CONFIG_ENV or _SERVICE_LINKS.fullmatch(upper) is not None
 
 
 def _apply_env(
@@ -279,7 +320,7 @@ def _apply_env(
             socket[key] = _check(_SOCKET_KEYS, "socket", key, value, f" (from {var})")
             continue
         if not upper.startswith(("SNAPSHOTD_INSTANCES", "SNAPSHOTD_WORKFLOWS")):
-            if upper.startswith("SNAPSHOTD_") and upper not in NON_CONFIG_ENV:
+            if upper.startswith("SNAPSHOTD_") and not _ignored(upper):
                 raise ConfigError(
                     f"{var}: unknown setting (expected SNAPSHOTD_SOCKET_<KEY>, "
                     "SNAPSHOTD_INSTANCES__<NAME>__<KEY> or SNAPSHOTD_WORKFLOWS__<NAME>__<KEY>)"
@@ -332,6 +373,9 @@ def _build(
             journal=journal,
             policy=Policy().with_overrides(overrides),
             queue_capacity=values.get("queue_capacity", DEFAULT_QUEUE_CAPACITY),
+            audit_retention_s=values.get("audit_retention_s", DEFAULT_AUDIT_RETENTION_S),
+            slice_lease_s=values.get("slice_lease_s", DEFAULT_SLICE_LEASE_S),
+            listen_dsn=values.get("listen_dsn"),
         )
     workflows: dict[str, WorkflowConfig] = {}
     for name in tables["workflows"]:

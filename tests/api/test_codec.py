@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapshotd.api import codec
-from snapshotd.api.server import MAX_LABEL_CHARS, _label
+from snapshotd.api.dispatch import MAX_LABEL_CHARS, label
 from snapshotd.domain.validation import INT64_MAX, INT64_MIN
 
 
@@ -201,6 +201,6 @@ def test_frame_errors_name_the_instance_when_it_could_be_read(line: bytes, insta
 
 
 def test_overlong_unknown_instance_names_are_not_metric_labels() -> None:
-    assert _label("zz") == "zz"
-    assert _label("x" * MAX_LABEL_CHARS) == "x" * MAX_LABEL_CHARS
-    assert _label("x" * (MAX_LABEL_CHARS + 1)) == "-"
+    assert label("zz") == "zz"
+    assert label("x" * MAX_LABEL_CHARS) == "x" * MAX_LABEL_CHARS
+    assert label("x" * (MAX_LABEL_CHARS + 1)) == "-"

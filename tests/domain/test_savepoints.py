@@ -21,19 +21,38 @@ from snapshotd.domain.savepoints import Progress, Schedule
 
 @dataclass
 class ReferenceModel:
-    """Savepoints computed from scratch over every input ever accepted."""
+    """Savepoints computed from scratch over every input accepted since the last resume.
+
+    A resume freezes the savepoints kept so far and starts a new epoch from the
+    resume point: its states become the bases, every entity has reached its time
+    (nothing, when no savepoint was complete), and only later savepoints are
+    computed from the epoch's inputs.
+    """
 
     start_ms: int
     interval_ms: int
     initial: dict[str, Any]
     keep: int
     inputs: list[tuple[str, int, bool, Any]] = field(default_factory=list)
+    base_k: int = 0
+    base: dict[str, Any] = field(default_factory=dict)
+    frozen: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base = dict(self.initial)
+
+    def last_time(self, entity: str) -> int | None:
+        """The newest time ``entity`` reported in this epoch (None: nothing yet)."""
+        times = [t for e, t, _, _ in self.inputs if e == entity]
+        if times:
+            return times[-1]
+        return self.time_of(self.base_k) if self.base_k else None
 
     def accepts(self, entity: str, timestamp_ms: int) -> bool:
         if entity not in self.initial:
             return False
-        times = [t for e, t, _, _ in self.inputs if e == entity]
-        return not times or timestamp_ms >= times[-1]
+        last = self.last_time(entity)
+        return last is None or timestamp_ms >= last
 
     def record(self, entity: str, timestamp_ms: int, saved: bool, state: Any = None) -> bool:
         """Apply one save (``saved``) or ack; False when the daemon must reject it."""
@@ -42,15 +61,28 @@ class ReferenceModel:
         self.inputs.append((entity, timestamp_ms, saved, state))
         return True
 
+    def resume(self, upgrade: Any = None) -> tuple[int, dict[str, Any]]:
+        """Restart from the newest complete savepoint (or the start); what load answers."""
+        kept = self.kept()
+        if kept:
+            at, states = kept[-1]
+            k = (at - self.start_ms) // self.interval_ms
+        else:
+            at, states, k = self.start_ms, self.base, 0
+        states = dict(states) if upgrade is None else upgrade(states)
+        self.frozen, self.base_k, self.base, self.inputs = kept, k, dict(states), []
+        return at, states
+
     def time_of(self, k: int) -> int:
         return self.start_ms + k * self.interval_ms
 
     def complete_k(self, prefix: int) -> int:
         """The newest complete savepoint after the first ``prefix`` inputs, by search."""
-        reached = {entity: t for entity, t, _, _ in self.inputs[:prefix]}
+        reached = {e: self.time_of(self.base_k) for e in self.initial} if self.base_k else {}
+        reached.update({entity: t for entity, t, _, _ in self.inputs[:prefix]})
         if len(reached) < len(self.initial):
-            return 0
-        k = 0
+            return self.base_k
+        k = self.base_k
         while self.time_of(k + 1) <= min(reached.values()):
             k += 1
         return k
@@ -63,14 +95,13 @@ class ReferenceModel:
             for entity, t, saved, state in self.inputs[:prefix]
             if saved and t <= self.time_of(k)
         }
-        return {**self.initial, **saved_by_then}
+        return {**self.base, **saved_by_then}
 
     def kept(self) -> list[tuple[int, dict[str, Any]]]:
         newest = self.complete_k(len(self.inputs))
-        return [
-            (self.time_of(k), self.savepoint(k))
-            for k in range(max(1, newest - self.keep + 1), newest + 1)
-        ]
+        first = max(self.base_k + 1, newest - self.keep + 1)
+        fresh = [(self.time_of(k), self.savepoint(k)) for k in range(first, newest + 1)]
+        return (self.frozen + fresh)[-self.keep :] if newest else []
 
 
 def as_pairs(schedule: Schedule) -> list[tuple[int, dict[str, Any]]]:
@@ -171,6 +202,10 @@ def test_encode_decode_round_trip_and_corruption() -> None:
         savepoints.decode(orjson.dumps({"format": 99}), "here")
 
 
+RESUME = "<resume>"
+"""A scenario step that resumes from the newest complete savepoint (states upgraded)."""
+
+
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[ReferenceModel, list[tuple[str, int, bool]]]:
     count = draw(st.integers(1, 4))
@@ -183,7 +218,9 @@ def scenarios(draw: st.DrawFn) -> tuple[ReferenceModel, list[tuple[str, int, boo
     steps = draw(
         st.lists(
             st.tuples(
-                st.sampled_from([*model.initial, "ghost"]), st.integers(-6, 40), st.booleans()
+                st.sampled_from([*model.initial, "ghost", RESUME]),
+                st.integers(-6, 40),
+                st.booleans(),
             ),
             max_size=40,
         )
@@ -201,6 +238,14 @@ def test_domain_matches_reference_model(
     completed = pruned = 0
     for index, (entity, t, saved) in enumerate(steps):
         state = f"s{index}"
+        if entity == RESUME:
+            point = savepoints.resume_point(schedule)
+            upgraded = {eid: [index, value] for eid, value in point.entities.items()}
+            schedule = savepoints.resume(schedule, upgraded)
+            expected = model.resume(lambda states, i=index: {e: [i, v] for e, v in states.items()})
+            assert (point.timestamp_ms, upgraded) == expected
+            assert as_pairs(schedule) == model.kept()
+            continue
         try:
             if saved:
                 schedule, progress = savepoints.save(schedule, entity, t, state, keep=model.keep)
@@ -213,6 +258,39 @@ def test_domain_matches_reference_model(
         completed += progress.completed
         pruned += progress.pruned
         assert as_pairs(schedule) == model.kept()
-    newest = model.complete_k(len(model.inputs))
-    assert completed == newest
-    assert completed - pruned == len(schedule.completed)
+    assert len(schedule.completed) == len(model.kept())
+    if RESUME not in [entity for entity, _, _ in steps]:
+        assert completed == model.complete_k(len(model.inputs))
+        assert completed - pruned == len(schedule.completed)
+
+
+def test_resume_sets_every_entity_back_to_the_newest_savepoint() -> None:
+    schedule = fresh()
+    schedule, _ = savepoints.save(schedule, "e0", 10, "a10", keep=2)
+    schedule, _ = savepoints.save(schedule, "e0", 25, "a25", keep=2)
+    schedule, _ = savepoints.ack(schedule, "e1", 12, keep=2)
+    point = savepoints.resume_point(schedule)
+    assert (point.timestamp_ms, point.entities) == (10, {"e0": "a10", "e1": "init1"})
+    schedule = savepoints.resume(schedule, {"e0": "A10", "e1": "INIT1"})
+    # e0 reported 25 before the resume: 11 is accepted again, 9 is before the savepoint.
+    with pytest.raises(BadRequest, match="backwards"):
+        savepoints.ack(schedule, "e0", 9, keep=2)
+    schedule, _ = savepoints.save(schedule, "e0", 11, "b11", keep=2)
+    schedule, progress = savepoints.ack(schedule, "e1", 20, keep=2)
+    assert progress == Progress(completed=0, pruned=0, latest_ms=None)
+    schedule, progress = savepoints.ack(schedule, "e0", 20, keep=2)
+    assert progress.completed == 1
+    assert as_pairs(schedule) == [
+        (10, {"e0": "a10", "e1": "init1"}),
+        (20, {"e0": "b11", "e1": "INIT1"}),
+    ]
+
+
+def test_resume_without_a_complete_savepoint_starts_over() -> None:
+    schedule, _ = savepoints.save(fresh(start_ms=5), "e0", 30, "late", keep=2)
+    point = savepoints.resume_point(schedule)
+    assert (point.timestamp_ms, point.entities) == (5, {"e0": "init0", "e1": "init1"})
+    schedule = savepoints.resume(schedule, point.entities)
+    assert schedule == fresh(start_ms=5)
+    with pytest.raises(ValueError, match="declared entities"):
+        savepoints.resume(schedule, {"e0": 1})

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from snapshotd.api.client import Client
+from snapshotd.api.client import Client, ClientError
 from tests.support import wait_for
 
 START_TIMEOUT_S = 15.0
@@ -74,7 +74,9 @@ class DaemonProcess:
             try:
                 with Client(self.socket_path, timeout=2) as client:
                     client.call("ping")
-            except OSError:
+            except ClientError as exc:
+                if exc.code != "unavailable":
+                    raise
                 return False
             return True
 

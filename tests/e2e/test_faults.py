@@ -400,8 +400,9 @@ def test_batch_torn_by_kill_9_before_its_fsync_leaves_none_of_its_events(
         client.call("create_run", run="r", workflow="wf", version="v1")
         assert client.call("append", run="r", events=step_events(1))["last_seq"] == 1
         # The hook writes this batch's lines but its last, then SIGKILLs the daemon.
-        with pytest.raises(OSError):
+        with pytest.raises(ClientError) as cut:
             client.call("append", run="r", events=step_events(5, 1))
+        assert cut.value.details == {"outcome": "unknown"}
     assert own.proc is not None
     assert own.proc.wait(10) == -signal.SIGKILL
     path = _run_dir(own, "r") / "events.jsonl"

@@ -11,7 +11,6 @@ import secrets
 import socket
 import subprocess
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +25,10 @@ from tests.e2e.daemon import (
     instance_config,
     load_all,
     psql,
-    serve_to_exit,
     step_events,
     steps_state,
 )
+from tests.journals.pg_cluster import private_cluster
 from tests.support import wait_for
 
 Spawn = Callable[[str, str], DaemonProcess]
@@ -301,16 +300,35 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_unreachable_database_fails_start_up_clearly(tmp_path: Path) -> None:
-    port = _free_port()
-    config = tmp_path / "config.toml"
-    journal = f"postgresql://postgres@127.0.0.1:{port}/nowhere?schema=sd"
-    config.write_text(instance_config(tmp_path, journal))
-    started = time.monotonic()
-    done = serve_to_exit(config)
-    assert time.monotonic() - started < 20
-    assert done.returncode == 1, done.stderr
-    last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("snapshotd: unavailable:"), done.stderr
-    assert f"127.0.0.1:{port}" in last_line
-    assert not (tmp_path / "s.sock").exists()
+def test_a_daemon_started_while_its_database_is_down_serves_and_reconnects(
+    tmp_path: Path,
+) -> None:
+    """A sidecar must not crash-loop during a database outage (SPEC section 5)."""
+    with private_cluster() as cluster:
+        cluster.stop()
+        journal = f"postgresql://postgres@{cluster.host}:{cluster.port}/postgres?schema=sd"
+        process = DaemonProcess(tmp_path, instance_config(tmp_path, journal))
+        try:
+            process.start()
+            with process.client() as client:
+                assert client.call("ping") == {"pong": True}
+                status = client.call("status")["instances"]["default"]
+                assert status["journal_up"] is False
+                with pytest.raises(ClientError) as caught:
+                    client.call("create_run", run="r", workflow="w", version="v1")
+                assert caught.value.code == "unavailable"
+                cluster.start()
+
+                def up() -> bool:
+                    return bool(client.call("status")["instances"]["default"]["journal_up"])
+
+                wait_for(up, 30, what="journal_up after the database started")
+                assert client.call("create_run", run="r", workflow="w", version="v1") == {
+                    "created": True
+                }
+                assert client.call("append", run="r", events=[{"type": "t", "data": 1}]) == {
+                    "last_seq": 1
+                }
+            assert process.alive()
+        finally:
+            process.cleanup()

@@ -35,6 +35,11 @@ def rename_counter(entities: dict[str, Any]) -> dict[str, Any]:
     return {name: {"count": state["n"]} for name, state in entities.items()}
 
 
+def count_from_n(entities: dict[str, Any]) -> dict[str, Any]:
+    """``rename_counter`` that also accepts states it has already upgraded."""
+    return {name: {"count": state.get("n", state.get("count"))} for name, state in entities.items()}
+
+
 def explode(entities: dict[str, Any]) -> dict[str, Any]:
     raise ValueError("cannot migrate")
 
@@ -50,6 +55,7 @@ async def daemon() -> AsyncIterator[Daemon]:
     cfg = config(
         upgraded={"savepoint_upgrade": f"{HERE}:rename_counter"},
         broken={"savepoint_upgrade": f"{HERE}:explode"},
+        migrated={"savepoint_upgrade": f"{HERE}:count_from_n"},
     )
     async with open_daemon(cfg, journals={"default": MemoryJournal()}, drain_timeout_s=1) as d:
         yield d
@@ -149,6 +155,46 @@ async def test_upgrade_is_applied_and_its_failure_is_a_clear_error(daemon: Daemo
 
 
 @pytest.mark.anyio
+async def test_resume_restarts_from_the_upgraded_savepoint(daemon: Daemon) -> None:
+    await started(daemon, "rs", "migrated")
+    resumed = await op(daemon, "savepoint_load", run="rs", resume=True)
+    assert resumed == {"timestamp_ms": 1000, "entities": {"a": {"count": 0}, "b": {"count": 0}}}
+    await op(daemon, "savepoint_save", run="rs", entity="a", timestamp_ms=1150, state={"n": 1})
+    await op(daemon, "savepoint_save", run="rs", entity="a", timestamp_ms=1380, state={"n": 3})
+    await op(daemon, "savepoint_ack", run="rs", entity="b", timestamp_ms=1200)
+    resumed = await op(daemon, "savepoint_load", run="rs", resume=True)
+    assert resumed == {"timestamp_ms": 1200, "entities": {"a": {"count": 1}, "b": {"count": 0}}}
+    # a's report at 1380 is forgotten: it re-processes from 1200 with other results.
+    await op(daemon, "savepoint_save", run="rs", entity="a", timestamp_ms=1250, state={"count": 9})
+    await op(daemon, "savepoint_ack", run="rs", entity="a", timestamp_ms=1300)
+    await op(daemon, "savepoint_ack", run="rs", entity="b", timestamp_ms=1300)
+    plain = await op(daemon, "savepoint_load", run="rs")
+    assert plain == {"timestamp_ms": 1300, "entities": {"a": {"count": 9}, "b": {"count": 0}}}
+    with pytest.raises(BadRequest, match="backwards"):
+        await op(daemon, "savepoint_ack", run="rs", entity="a", timestamp_ms=1299)
+    audit = await daemon.instance("default").audit(0, 1000)
+    assert [e["timestamp_ms"] for e in audit["events"] if e["kind"] == "savepoint_resumed"] == [
+        1000,
+        1200,
+    ]
+
+
+@pytest.mark.anyio
+async def test_resume_rejects_bad_input_and_a_broken_upgrade(daemon: Daemon) -> None:
+    await started(daemon, "rb", "broken")
+    for bad in ("yes", 1, None):
+        with pytest.raises(BadRequest, match="resume must be a boolean"):
+            await op(daemon, "savepoint_load", run="rb", resume=bad)
+    with pytest.raises(Internal, match="cannot migrate"):
+        await op(daemon, "savepoint_load", run="rb", resume=True)
+    await op(daemon, "create_run", run="none", workflow="plain", version="v1")
+    with pytest.raises(NotFound, match="savepoint_init"):
+        await op(daemon, "savepoint_load", run="none", resume=True)
+    with pytest.raises(NotFound):
+        await op(daemon, "savepoint_load", run="ghost", resume=True)
+
+
+@pytest.mark.anyio
 async def test_missing_upgrade_callable_fails_start_up() -> None:
     cfg = config(flow={"savepoint_upgrade": f"{HERE}:no_such_function"})
     with pytest.raises(ConfigError, match=r"workflows\.flow\.savepoint_upgrade"):
@@ -185,7 +231,7 @@ class Daemon9:
             try:
                 client.call("ping")
                 return client
-            except OSError:
+            except ClientError:
                 assert self.process.poll() is None, "daemon exited at start-up"
                 assert time.monotonic() < deadline, "daemon did not start"
                 time.sleep(0.05)
@@ -278,6 +324,25 @@ def test_kill_9_between_requests_changes_nothing(daemon9: Daemon9) -> None:
         send(client, index, step)
         assert latest(client) == expected_latest(steps[: index + 1])
     assert expected_latest(steps) is not None, "the sequence should complete savepoints"
+    client.close()
+
+
+def test_resume_is_durable_across_kill_9(daemon9: Daemon9) -> None:
+    client = started_daemon(daemon9)
+    client.savepoint_save("r", "e0", 15, {"i": 1})
+    client.savepoint_save("r", "e0", 47, {"i": 2})
+    for name in ENTITIES:
+        if name != "e0":
+            client.savepoint_ack("r", name, 20)
+    resumed = client.savepoint_load("r", resume=True)
+    assert resumed == {"timestamp_ms": 20, "entities": {**ENTITIES, "e0": {"i": 1}}}
+    daemon9.kill()
+    client.close()
+    client = daemon9.start()
+    client.savepoint_ack("r", "e0", 21)  # before the resume, e0 had reached 47
+    with pytest.raises(ClientError) as backwards:
+        client.savepoint_ack("r", "e0", 19)
+    assert backwards.value.code == "bad_request"
     client.close()
 
 

@@ -25,6 +25,7 @@ from snapshotd.domain import compaction
 from snapshotd.domain.errors import ConfigError, Corrupt, Unavailable
 from snapshotd.domain.model import DuePoint, NewEvent
 from snapshotd.domain.reducers import fold, last_by_key
+from snapshotd.domain.slices import run_slice
 from snapshotd.journals.fs import FsJournal
 from snapshotd.journals.fs import adapter as adapter_module
 from snapshotd.journals.fs import files as fsfiles
@@ -640,26 +641,25 @@ async def test_failed_snapshot_write_leaves_nothing(
 
 def run_writer(root: Path, seed: int, rng: random.Random) -> list[str]:
     """Start the writer, let it work for a random moment, SIGKILL it; its complete lines."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tests.journals.fs_writer", str(root), str(seed)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith(b"ack "), proc.stderr.read() if proc.stderr else first
-        time.sleep(rng.uniform(0.0, 0.25))
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        # Read through the buffered reader: readline() may already hold later lines,
-        # which communicate() (reading the raw pipe) would lose.
-        assert proc.stdout is not None and proc.stderr is not None
-        with proc.stdout, proc.stderr:
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert first.startswith(b"ack "), proc.stderr.read() if proc.stderr else first
+            time.sleep(rng.uniform(0.0, 0.25))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            # Read through the buffered reader: readline() may already hold later lines,
+            # which communicate() (reading the raw pipe) would lose.
+            assert proc.stdout is not None and proc.stderr is not None
             out = proc.stdout.read()
             proc.stderr.read()
-        proc.wait(10)
+            proc.wait(10)
     text = (first + out).decode()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     return complete.splitlines()
@@ -921,3 +921,14 @@ async def test_due_points_and_sweep_order_survive_restart_without_reading_runs(
     assert run is not None
     assert run.due == DuePoint(2, 12, now + timedelta(minutes=5))
     await fs.aclose()
+
+
+async def test_sweep_due_keeps_to_the_slices_asked_for(fs: FsJournal) -> None:
+    for n in range(10):
+        await add_run(fs, f"r{n}", 1)
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    wanted = {run_slice("r3"), run_slice("r7")}
+    found = await fs.sweep_due(later, 100, None, sorted(wanted))
+    expected = sorted(f"r{n}" for n in range(10) if run_slice(f"r{n}") in wanted)
+    assert sorted(d.run_id for d in found) == expected
+    assert len(await fs.sweep_due(later, 100, None)) == 10

@@ -120,13 +120,14 @@ async def test_open_creates_schema_with_lz4_payloads(journal: PostgresJournal, u
     assert compression == (b"l" if has_lz4 else b"\x00")
 
 
-async def test_unreachable_database_is_unavailable() -> None:
+async def test_an_unreachable_database_opens_down_and_answers_unavailable() -> None:
     journal = PostgresJournal("postgresql://postgres:pw@127.0.0.1:1/none")
-    with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1") as info:
-        await journal.open()
-    assert "pw" not in str(info.value)
-    with pytest.raises(Unavailable, match="not open"):
+    await journal.open()
+    assert journal.up is False
+    with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1.*not open") as info:
         await journal.get_run("r")
+    assert "pw" not in str(info.value)
+    await journal.aclose()
 
 
 async def test_append_events_from_plain_sql(journal: PostgresJournal, url: str) -> None:

@@ -20,6 +20,9 @@ _FAULTABLE = (
     "get_run",
     "list_snapshots",
     "read_snapshot",
+    "list_links",
+    "read_link",
+    "retire_snapshots",
     "read_events",
     "read_event_page",
     "write_snapshot",
@@ -118,7 +121,7 @@ async def append(
 async def settle(instance: Instance, timeout: float = 5.0) -> None:
     """Wait until the instance's mailbox is empty and no Job is in flight."""
     with anyio.fail_after(timeout):
-        while len(instance.mailbox) or instance.in_flight is not None:
+        while len(instance.mailbox) or instance.in_flight:
             await anyio.sleep(0.005)
 
 

@@ -88,7 +88,7 @@ async def test_skip_reasons_in_precedence_order() -> None:
         ("get_run", Unavailable("db down"), "journal_error"),
         ("list_snapshots", OSError(5, "EIO"), "journal_error"),
         ("read_events", Corrupt("events.jsonl line 3"), "journal_error"),
-        ("read_snapshot", Unavailable("db down"), "journal_error"),
+        ("list_links", Unavailable("db down"), "journal_error"),
         ("write_snapshot", StaleLease("lost"), "stale_lease"),
         ("write_snapshot", Superseded("newer exists"), "no_events"),
         ("read_events", RuntimeError("bug"), "internal"),
@@ -271,7 +271,12 @@ async def test_lag_and_base_use_the_newest_valid_snapshot() -> None:
     journal.calls.clear()
     result = await now(inst, "r")
     assert result["through_seq"] == 8
-    assert journal.calls["read_snapshot"] == 1
+    assert journal.calls.get("read_link", 0) == 0  # written by this process: trusted
+    fresh = make_instance(journal, snapshot_threshold=4)
+    await append(journal, "r", 4)
+    journal.calls.clear()
+    assert (await now(fresh, "r"))["through_seq"] == 12
+    assert journal.calls["read_link"] >= 2  # a new process verifies the base chain once
 
 
 async def test_snapshot_of_another_version_is_never_served() -> None:

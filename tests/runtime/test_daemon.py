@@ -16,7 +16,7 @@ from snapshotd.config import load_config
 from snapshotd.domain.errors import ConfigError, Unavailable, UnknownInstance
 from snapshotd.runtime import open_daemon
 from snapshotd.runtime.actor import supervise
-from snapshotd.runtime.instance import Instance
+from snapshotd.runtime.instance import MAX_IN_FLIGHT, Instance
 from snapshotd.runtime.mailbox import Job
 
 from .support import FaultyJournal, append, counted, make_config, make_instance, new_run, settle
@@ -92,7 +92,9 @@ async def test_crashed_actor_restarts_with_backoff_and_keeps_serving() -> None:
         await settle(inst)
         status = inst.status()
     assert status["restarts"] == 1
-    assert status["skipped"]["internal"] == 1 and status["taken"] == 1
+    # The crashed request counts as internal; the sweep (unseen runs are due at once)
+    # may still snapshot its run afterwards.
+    assert status["skipped"]["internal"] == 1 and status["taken"] >= 1
     kinds = [e.kind for e in await journal.read_audit(0, 100)]
     assert "actor_restarted" in kinds
 
@@ -211,22 +213,23 @@ async def test_append_notifications_and_gaps_trigger_checks() -> None:
     assert status["taken"] == 2 and sum(status["skipped"].values()) == 0
 
 
-async def test_drain_finishes_the_attempt_in_flight_and_discards_the_rest() -> None:
+async def test_drain_finishes_the_attempts_in_flight_and_discards_the_rest() -> None:
     journal = FaultyJournal()
     journal.delays["write_snapshot"] = 0.2
+    runs = [f"r{i:02d}" for i in range(MAX_IN_FLIGHT + 3)]
     async with open_daemon(make_config(snapshot_threshold=1), journals={"default": journal}) as d:
         inst = d.instance("default")
-        for run_id in ("a", "b", "c"):
+        for run_id in runs:
             await new_run(journal, run_id, 2)
             inst.request_snapshot(run_id, None)
         with anyio.fail_after(2):
-            while journal.calls.get("write_snapshot", 0) == 0:
+            while journal.calls.get("write_snapshot", 0) < MAX_IN_FLIGHT:
                 await anyio.sleep(0.005)
         started = anyio.current_time()
     assert anyio.current_time() - started < 1
-    assert len(await journal.list_snapshots("a")) == 1
-    assert await journal.list_snapshots("b") == await journal.list_snapshots("c") == []
-    assert inst.request_snapshot("a", None) == "dropped"
+    counts = [len(await journal.list_snapshots(r)) for r in runs]
+    assert counts == [1] * MAX_IN_FLIGHT + [0] * 3
+    assert inst.request_snapshot(runs[0], None) == "dropped"
 
 
 async def test_drain_is_bounded_when_an_attempt_hangs() -> None:

@@ -109,26 +109,43 @@ async def test_attempts_for_one_run_never_overlap() -> None:
             ),
             st.tuples(st.just("internal"), st.sampled_from("abcde"), st.none()),
             st.tuples(st.just("get"), st.none(), st.none()),
+            st.tuples(st.just("done"), st.sampled_from("abcde"), st.none()),
         ),
         max_size=60,
     )
 )
 def test_mailbox_matches_a_reference_model(ops: list[tuple[str, str | None, str | None]]) -> None:
+    """Including runs in flight: a Job of one is parked until ``done`` puts it first."""
+
     async def scenario() -> None:
         box = Mailbox(3)
         order: deque[str] = deque()
+        parked: set[str] = set()
+        running: set[str] = set()
         requested: dict[str, bool] = {}
         for op, run_id, lease in ops:
             if op == "get":
-                if not order:
+                if all(r in running for r in order):
                     continue
                 job = await box.get()
+                while order[0] in running:
+                    parked.add(order.popleft())
                 expected = order.popleft()
+                running.add(expected)
                 assert (job.run_id, job.requested) == (expected, requested.pop(expected))
+            elif op == "done":
+                assert run_id is not None
+                if run_id not in running:
+                    continue
+                box.done(run_id)
+                running.discard(run_id)
+                if run_id in parked:
+                    parked.discard(run_id)
+                    order.appendleft(run_id)
             elif op == "internal":
                 assert run_id is not None
                 accepted = box.offer_internal(run_id)
-                if run_id not in requested and len(order) < 3:
+                if run_id not in requested and len(requested) < 3:
                     order.append(run_id)
                     requested[run_id] = False
                 assert accepted == (run_id in requested)
@@ -138,13 +155,13 @@ def test_mailbox_matches_a_reference_model(ops: list[tuple[str, str | None, str 
                 if run_id in requested:
                     assert status == ("coalesced" if requested[run_id] else "queued")
                     requested[run_id] = True
-                elif len(order) < 3:
+                elif len(requested) < 3:
                     assert status == "queued"
                     order.append(run_id)
                     requested[run_id] = True
                 else:
                     assert status == "dropped"
-            assert len(box) == len(order)
+            assert len(box) == len(order) + len(parked) == len(requested)
 
     anyio.run(scenario)
 

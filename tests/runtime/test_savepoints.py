@@ -1,8 +1,8 @@
 """The savepoint service over real journals: a stateful model test with restarts, and bounds.
 
-The state machine drives random interleavings of saves and acks across 1-4
-entities (including undeclared ones and steps backwards) and compares what the
-service stores and loads with ``ReferenceModel`` after every step. Its
+The state machine drives random interleavings of saves, acks and resumes across
+1-4 entities (including undeclared ones and steps backwards) and compares what
+the service stores and loads with ``ReferenceModel`` after every step. Its
 ``restart`` rule drops the service and reopens the journal from storage, as a
 daemon restart would.
 """
@@ -125,8 +125,8 @@ class SavepointMachine(RuleBasedStateMachine):
     @rule(which=st.integers(0, 4), delta=st.integers(-2, 7), saved=st.booleans())
     def report(self, which: int, delta: int, saved: bool) -> None:
         entity = f"e{which}"
-        times = [t for e, t, _, _ in self.model.inputs if e == entity]
-        t = (times[-1] if times else self.model.start_ms) + delta
+        last = self.model.last_time(entity)
+        t = (self.model.start_ms if last is None else last) + delta
         state = {"entity": entity, "n": next(self.states)}
         try:
             if saved:
@@ -137,6 +137,19 @@ class SavepointMachine(RuleBasedStateMachine):
             assert not self.model.accepts(entity, t)
             return
         assert self.model.record(entity, t, saved, state)
+
+    @rule(upgraded=st.booleans())
+    def resume(self, upgraded: bool) -> None:
+        """The application restarts from the newest savepoint (states upgraded or not)."""
+        marker = next(self.states)
+
+        def upgrade(workflow: str, states: dict[str, Any]) -> dict[str, Any]:
+            assert workflow == "wf"
+            return {eid: {"upgraded": marker, "from": state} for eid, state in states.items()}
+
+        loaded = self.call(lambda: self.service.resume(self.run_id, upgrade if upgraded else None))
+        expected = self.model.resume((lambda states: upgrade("wf", states)) if upgraded else None)
+        assert (loaded.savepoint.timestamp_ms, loaded.savepoint.entities) == expected
 
     @rule()
     def restart(self) -> None:

@@ -8,6 +8,8 @@ not disturb the daemon.
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from tests.telemetry.otlp import (
     otlp_http_receiver,
     running_daemon,
 )
-from tests.telemetry.test_instruments import POSTGRES_ONLY, SPEC_METRICS
+from tests.telemetry.test_instruments import ALL_SPEC_METRICS, POSTGRES_ONLY
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +128,7 @@ def sums(points: dict[tuple[str, Any], Point], metric: str, by: str | None = Non
 
 
 def check_every_spec_metric(points: dict[tuple[str, Any], Point]) -> None:
-    for name, (kind, unit, extra) in SPEC_METRICS.items():
+    for name, (kind, unit, extra) in ALL_SPEC_METRICS.items():
         if name in POSTGRES_ONLY:
             continue
         arrived = [p for (metric, _), p in points.items() if metric == name]
@@ -252,6 +254,49 @@ def test_traces_exporter_none_sends_metrics_and_no_spans(tmp_path: Path) -> None
     # Logs are not an exporter: the snapshot line is still on stderr, without a trace id.
     (line,) = [line for line in daemon.log_lines() if line["event"] == "snapshot_taken"]
     assert line["trace_id"] is None
+
+
+@pytest.mark.postgres
+def test_journal_health_on_postgresql(tmp_path: Path, pg_dsn: str) -> None:
+    """A lost LISTEN connection is counted as a reconnect; the journal stays up."""
+    schema = f"otel_{secrets.token_hex(4)}"
+    toml = config(tmp_path).replace('"memory:"', f'"{pg_dsn}?schema={schema}"')
+    with (
+        otlp_http_receiver() as (endpoint, received),
+        running_daemon(tmp_path, toml, fast_export(endpoint)) as daemon,
+    ):
+        client = SocketClient(daemon.socket_path)
+        client.call("create_run", run="r1", workflow="order", version="v1")
+        client.call("append", run="r1", events=events(3))
+        # The append's notification, or this request, takes the snapshot.
+        assert client.call("snapshot_now", run="r1", force=True)["status"] in ("taken", "skipped")
+        assert client.call("list_snapshots", run="r1")["snapshots"]
+        killed = subprocess.run(
+            [
+                "psql",
+                pg_dsn,
+                "-qAt",
+                "-c",
+                "select count(pg_terminate_backend(pid)) from "
+                "pg_stat_activity where application_name = 'snapshotd-listen' "
+                "and datname = current_database()",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert killed.stdout.strip() == "1", killed.stderr
+
+        def reconnected() -> bool:
+            return sums(received.latest_points(), "snapshotd.journal.reconnects") == 1
+
+        wait_for(reconnected, 10, what="one journal reconnect exported")
+        points = received.latest_points()
+        assert sums(points, "snapshotd.journal.up") == 1
+        assert sums(points, "snapshotd.corruption.found") == 0
+        client.close()
+        assert daemon.stop()[0] == 0
 
 
 @contextmanager

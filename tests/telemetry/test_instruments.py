@@ -43,14 +43,14 @@ SPEC_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
 }
 POSTGRES_ONLY = frozenset({"snapshotd.slices.owned"})
 """Not exported by a daemon on a memory or fs journal."""
-SERVER_METRICS = (
-    "snapshotd.request.duration",
-    "snapshotd.connections",
-    "snapshotd.connections.refused",
-)
+SERVER_METRICS: dict[str, tuple[type[Any], str, frozenset[str]]] = {
+    "snapshotd.request.duration": (Histogram, "s", frozenset({"op"})),
+    "snapshotd.connections": (Gauge, "{connection}", frozenset()),
+    "snapshotd.connections.refused": (Sum, "{connection}", frozenset({"reason"})),
+}
 """Recorded by the socket server itself (tests/api checks them)."""
-SPEC_NAMES = (*SPEC_METRICS, *SERVER_METRICS)
-"""Every metric name of SPEC section 6."""
+ALL_SPEC_METRICS = {**SPEC_METRICS, **SERVER_METRICS}
+"""Every metric of SPEC section 6."""
 
 
 def values(metric: Metric) -> dict[tuple[tuple[str, Any], ...], Any]:

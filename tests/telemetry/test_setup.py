@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
@@ -154,13 +157,18 @@ def test_resource_defaults_to_snapshotd(monkeypatch: pytest.MonkeyPatch) -> None
     attributes = build_resource("1.2.3").attributes
     assert attributes["service.name"] == "snapshotd"
     assert attributes["service.version"] == "1.2.3"
+    assert attributes["service.instance.id"] == f"{socket.gethostname()}-{os.getpid()}"
 
 
 def test_resource_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "snapshotd-eu")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=core")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment=prod,team=core,service.instance.id=pod-7",
+    )
     attributes = build_resource("1.2.3").attributes
     assert attributes["service.name"] == "snapshotd-eu"
+    assert attributes["service.instance.id"] == "pod-7"
     assert attributes["deployment.environment"] == "prod"
     assert attributes["team"] == "core"
     assert attributes["service.version"] == "1.2.3"
@@ -183,3 +191,21 @@ def test_bounded_shutdown_neither_blocks_nor_raises() -> None:
     assert time.monotonic() - started < 1.0
     assert ran == ["quick"]
     release.set()
+
+
+@pytest.mark.parametrize(
+    ("module", "build"),
+    [
+        ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", setup._metric_exporter),
+        ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", setup._span_exporter),
+    ],
+)
+def test_grpc_without_the_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, build: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if snapshotd[grpc] were not installed
+    settings = settings_from_env(
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}
+    )
+    with pytest.raises(ConfigError, match=r"snapshotd\[grpc\]"):
+        build(settings, "http://c:4317")

@@ -1,9 +1,14 @@
 """Client library for the snapshotd socket: ``Client`` (blocking) and ``AsyncClient`` (anyio).
 
-Both keep one connection open and reuse it. ``call`` sends a request with an id
-and returns its ``result`` (raising ClientError for an error response); ``send``
-is fire-and-forget: requests are buffered and written in batches (pipelined), so
-an application can report thousands of snapshot hints per second cheaply.
+Both keep one connection open and reuse it. Every op has a typed method
+(``client.load(run, snapshot_id=...)``, see ``client_ops``); ``call(op, **fields)``
+is the untyped form. Both return the op's ``result``. Every failure is a
+``ClientError`` carrying a SPEC error code: the daemon's own error, or
+``unavailable`` when no daemon answers (no socket, connection lost, timeout; when
+the connection was lost after a request was written, ``details["outcome"]`` is
+``"unknown"``, as for the daemon's own interrupted appends). ``send`` is
+fire-and-forget: requests are buffered and written in batches (pipelined), so an
+application can report thousands of snapshot hints per second cheaply.
 Responses arrive in request order, so a call reads lines until its own id.
 """
 
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -20,16 +25,18 @@ import anyio
 from anyio.abc import SocketStream
 
 from snapshotd.api import codec
+from snapshotd.api.client_ops import OpMethods, Result
 
 SEND_BUFFER_BYTES = 64 * 1024
 _RECEIVE_BYTES = 256 * 1024
 
 
 class ClientError(Exception):
-    """The daemon answered with an error; ``code`` is the protocol error code.
+    """A request failed; ``code`` is the protocol error code of SPEC section 2.
 
-    ``details`` holds the error object's other fields (``last_seq`` of an append
-    conflict, ``outcome`` of an append whose commit was interrupted).
+    ``message`` says why; ``details`` holds the error object's other fields
+    (``last_seq`` of an append conflict, ``outcome`` of an append whose commit was
+    interrupted). No daemon to answer is ``unavailable``.
     """
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
@@ -56,23 +63,16 @@ class _AppendRetry:
     tried: int = 0
     uncertain: bool = False
 
-    def settle(self, error: Exception) -> int | None:
+    def settle(self, error: ClientError) -> int | None:
         """The last seq when ``error`` shows an earlier attempt was written, None to
         try again after ``delay()``; raises ``error`` when retrying cannot help."""
         self.tried += 1
-        if isinstance(error, ClientError):
-            written = self.expected_seq + self.batch
-            if (
-                error.code == "conflict"
-                and self.uncertain
-                and error.details.get("last_seq") == written
-            ):
-                return written
-            if error.code != "unavailable":
-                raise error
-            if error.details.get("outcome") == "unknown":
-                self.uncertain = True
-        else:
+        written = self.expected_seq + self.batch
+        if error.code == "conflict" and self.uncertain and error.details.get("last_seq") == written:
+            return written
+        if error.code != "unavailable":
+            raise error
+        if error.details.get("outcome") == "unknown":
             self.uncertain = True
         if self.tried >= self.attempts:
             raise error
@@ -115,6 +115,16 @@ class _Lines:
         return line
 
 
+def _unavailable(path: str, exc: BaseException, *, sent: bool) -> ClientError:
+    """No daemon answered at ``path``; ``sent``: a request may have reached it."""
+    what = "connection to snapshotd lost" if sent else "cannot reach snapshotd"
+    return ClientError(
+        "unavailable",
+        f"{what} at {path}: {type(exc).__name__}: {exc}",
+        {"outcome": "unknown"} if sent else None,
+    )
+
+
 def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
     """(done, result) for one response line while waiting for ``request_id``."""
     if response.get("id") == request_id:
@@ -128,13 +138,12 @@ def _outcome(response: dict[str, Any], request_id: int) -> tuple[bool, Any]:
     raise ClientError(str(error.get("code", "internal")), str(error.get("message", "")), details)
 
 
-class Client:
+class Client(OpMethods[Result]):
     """Blocking client. Not thread-safe: use one per thread.
 
     ``path`` is the daemon's socket; ``timeout`` bounds each socket operation
-    (``socket.timeout`` is raised past it). A broken connection raises
-    ConnectionError; the next call reconnects (a call is never retried, since an
-    append might have been applied).
+    (``unavailable`` past it). After a broken connection the next call
+    reconnects (a call is never retried, since an append might have been applied).
     """
 
     def __init__(self, path: str, *, timeout: float | None = 30.0) -> None:
@@ -152,9 +161,9 @@ class Client:
             sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise _unavailable(self.path, exc, sent=False) from exc
             self._sock = sock
             self._lines = _Lines()
         return self._sock
@@ -170,9 +179,9 @@ class Client:
         sock = self._connect()
         try:
             sock.sendall(data)
-        except OSError:
+        except OSError as exc:
             self._broken()
-            raise
+            raise _unavailable(self.path, exc, sent=True) from exc
 
     def flush(self) -> None:
         """Write buffered fire-and-forget requests."""
@@ -202,12 +211,14 @@ class Client:
             if line is None:
                 try:
                     data = sock.recv(_RECEIVE_BYTES)
-                except OSError:
+                except OSError as exc:
                     self._broken()
-                    raise
+                    raise _unavailable(self.path, exc, sent=True) from exc
                 if not data:
                     self._broken()
-                    raise ConnectionError("snapshotd closed the connection")
+                    raise _unavailable(
+                        self.path, ConnectionError("closed by the daemon"), sent=True
+                    )
                 self._lines.feed(data)
                 continue
             try:
@@ -244,17 +255,21 @@ class Client:
         while True:
             try:
                 return int(self.call("append", **fields)["last_seq"])
-            except (ClientError, OSError) as exc:
+            except ClientError as exc:
                 written = retry.settle(exc)
                 if written is not None:
                     return written
             time.sleep(retry.delay())
 
+    def _op(self, op: str, fields: dict[str, Any]) -> Result:
+        result: Result = self.call(op, **fields)
+        return result
+
     def close(self) -> None:
         """Flush pending requests (best effort) and close the connection."""
         try:
             self.flush()
-        except OSError:
+        except ClientError:
             pass
         finally:
             self._broken()
@@ -271,7 +286,7 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(OpMethods[Awaitable[Result]]):
     """The anyio counterpart of ``Client`` (same semantics; one task at a time)."""
 
     def __init__(self, path: str) -> None:
@@ -284,7 +299,10 @@ class AsyncClient:
 
     async def _connect(self) -> SocketStream:
         if self._stream is None:
-            self._stream = await anyio.connect_unix(self.path)
+            try:
+                self._stream = await anyio.connect_unix(self.path)
+            except OSError as exc:
+                raise _unavailable(self.path, exc, sent=False) from exc
             self._lines = _Lines()
         return self._stream
 
@@ -302,7 +320,7 @@ class AsyncClient:
             await stream.send(data)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             await self._broken()
-            raise ConnectionError(f"snapshotd connection lost: {exc!r}") from exc
+            raise _unavailable(self.path, exc, sent=True) from exc
 
     async def flush(self) -> None:
         if self._pending:
@@ -330,12 +348,13 @@ class AsyncClient:
                 try:
                     data = await stream.receive(_RECEIVE_BYTES)
                 except (
+                    OSError,
                     anyio.EndOfStream,
                     anyio.BrokenResourceError,
                     anyio.ClosedResourceError,
                 ) as exc:
                     await self._broken()
-                    raise ConnectionError("snapshotd closed the connection") from exc
+                    raise _unavailable(self.path, exc, sent=True) from exc
                 self._lines.feed(data)
                 continue
             try:
@@ -364,16 +383,19 @@ class AsyncClient:
         while True:
             try:
                 return int((await self.call("append", **fields))["last_seq"])
-            except (ClientError, OSError) as exc:
+            except ClientError as exc:
                 written = retry.settle(exc)
                 if written is not None:
                     return written
             await anyio.sleep(retry.delay())
 
+    def _op(self, op: str, fields: dict[str, Any]) -> Awaitable[Result]:
+        return self.call(op, **fields)
+
     async def aclose(self) -> None:
         try:
             await self.flush()
-        except ConnectionError:
+        except ClientError:
             pass
         finally:
             await self._broken()

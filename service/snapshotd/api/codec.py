@@ -8,6 +8,7 @@ None and ``instance`` is a string (default ``"default"``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -26,6 +27,20 @@ _ENVELOPE = frozenset(("op", "id", "instance"))
 # Ops whose fields are all identifiers and flags checked by the op itself: the
 # payload walk is skipped for them (``snapshot`` is the fire-and-forget hot path).
 _NO_PAYLOAD = frozenset(("snapshot", "ping", "status"))
+
+MAX_DEPTH = validation.MAX_DEPTH
+_SHORTEST_TOO_DEEP = 2 * (MAX_DEPTH + 1)
+"""Nesting deeper than MAX_DEPTH takes at least this many brackets: shorter lines skip the check."""
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+_RUNS = re.compile(rb"\[+|\]+")
+_OPEN = ord("[")
+_TOP_LEVEL_TOKENS = 20_000
+_QUOTE = ord('"')
+_HUGE_NUMBER = re.compile(rb"-?[0-9]{300,}[0-9.eE+-]*|-?[0-9][0-9.]*[eE][+-]?[0-9]{3,}")
+# Strings, runs of opening brackets, runs of closing brackets, anything else.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|[^"\[\]{}]+|"')
 
 
 class FrameError(BadRequest):
@@ -55,13 +70,17 @@ def parse(line: bytes) -> dict[str, Any]:
 
     Raises FrameError (code ``bad_request``) for anything that is not a valid
     request object: invalid JSON or UTF-8, not an object, a bad ``id``, ``op`` or
-    ``instance``, or a payload the journal could not store exactly (integers
-    outside signed 64 bits, strings with NUL).
+    ``instance``, nesting deeper than MAX_DEPTH, or a payload the journal could not
+    store exactly (integers outside signed 64 bits, strings with NUL).
     """
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise FrameError(f"not valid JSON: {exc}") from None
+        # Up to its own limit (1024 levels) orjson reads any depth and the payload
+        # walk below bounds it; a deeper line is told apart from plain bad JSON here.
+        if len(line) >= _SHORTEST_TOO_DEEP and too_deep(line):
+            raise _unreadable(line, f"request nested deeper than {MAX_DEPTH} levels") from None
+        raise _unreadable(line, f"not valid JSON: {exc}") from None
     if type(obj) is not dict:
         raise FrameError("a request must be a JSON object")
     request_id = obj.get("id")
@@ -87,6 +106,101 @@ def parse(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def too_deep(line: bytes) -> bool:
+    """True when ``line`` nests arrays and objects deeper than MAX_DEPTH (strings aside).
+
+    Runs on the raw bytes before any parser, so depth never reaches orjson's limits
+    or a recursive check; paid only by lines with more than MAX_DEPTH opening
+    brackets. Strings are cut out and every other byte but brackets dropped; passes
+    that remove innermost pairs (one level each, C speed) shrink a wide shape, then a
+    scan over runs of brackets stops at the first level past the limit.
+    """
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False
+    # Without backslashes no quote is escaped: every other piece between quotes is a string.
+    outside = b"".join(line.split(b'"')[::2]) if b"\\" not in line else _STRING.sub(b"", line)
+    shape = outside.translate(_ONE_KIND, _NOT_BRACKETS)
+    levels = 0
+    while levels < MAX_DEPTH:
+        inner = shape.replace(b"[]", b"")
+        if len(inner) * 4 > len(shape) * 3:
+            break
+        shape = inner
+        levels += 1
+    depth = levels
+    for run in _RUNS.finditer(shape):
+        if run[0][0] == _OPEN:
+            depth += len(run[0])
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= len(run[0])
+    return False
+
+
+def _unreadable(line: bytes, message: str) -> FrameError:
+    """The error for a line orjson cannot read, with the request's id when it can be found.
+
+    Grammatical JSON that orjson refuses (nesting past 1024 levels, numbers past
+    a double's range) still names its id: its top level is read with nested values
+    and huge numbers cut out. Only a line that is no object at all gets a null id.
+    """
+    top = _top_level(line)
+    try:
+        obj = None if top is None else orjson.loads(top)
+    except orjson.JSONDecodeError:
+        obj = None
+    if type(obj) is not dict:
+        return FrameError(message)
+    request_id = obj.get("id")
+    if request_id is not None and type(request_id) is not str and type(request_id) is not int:
+        return FrameError(message)
+    instance = obj.get("instance", "default")
+    return FrameError(
+        message,
+        request_id,
+        answer=request_id is not None,
+        instance=instance if type(instance) is str else "-",
+    )
+
+
+def _top_level(line: bytes) -> bytes | None:
+    """``line`` with every value nested in the top-level object, and every number too
+    long for a double at its top level, replaced by ``0``.
+
+    A token scan in which a run of brackets is one token, so its cost follows the
+    line's tokens, not its depth, and is bounded (``_TOP_LEVEL_TOKENS``, ~10 ms).
+    None when the line is not shaped like an object or the scan would cost more.
+    """
+    out: list[bytes] = []
+    depth = 0
+    for count, match in enumerate(_TOKENS.finditer(line)):
+        if count == _TOP_LEVEL_TOKENS:
+            return None
+        token = match[0]
+        first = token[0]
+        if first in b"[{":
+            if depth == 0:
+                if first != ord("{"):
+                    return None
+                out.append(b"{")
+                depth = 1
+                token = token[1:]
+            if token:
+                if depth == 1:
+                    out.append(b"0")
+                depth += len(token)
+        elif first in b"]}":
+            depth -= len(token)
+            if depth < 0:
+                return None
+            if depth == 0:
+                out.append(b"}")
+        elif depth <= 1:
+            out.append(_HUGE_NUMBER.sub(b"0", token) if first != _QUOTE else token)
+    return b"".join(out)
+
+
 def _check_payload(obj: dict[str, Any], line: bytes) -> None:
     suspicious: list[str] = []
     for key, value in obj.items():
@@ -96,7 +210,7 @@ def _check_payload(obj: dict[str, Any], line: bytes) -> None:
             # Only ``data`` is stored as given; the op checks the other event fields.
             for index, event in enumerate(value):
                 if type(event) is dict and validation.json_value(
-                    event.get("data"), f"events[{index}].data"
+                    event.get("data"), f"events[{index}].data", level=4
                 ):
                     suspicious.append(f"events[{index}].data")
         elif validation.json_value(value, key):

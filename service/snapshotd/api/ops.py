@@ -3,7 +3,9 @@
 ``OPS`` maps every op name to an async handler; ``SYNC_OPS`` holds the ops that
 never await (``snapshot`` is the fire-and-forget hot path), which the server
 calls inline without a task switch. Handlers raise ``SnapshotdError``s; the
-server turns them into error responses. Unknown request fields are ignored.
+server turns them into error responses. ``FIELDS`` names the fields each op
+defines: the server answers any other field with ``bad_request`` before the
+handler runs (a misspelt field must never silently change what a request means).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from snapshotd.api.savepoint_ops import SAVEPOINT_OPS
+from snapshotd.api.savepoint_ops import SAVEPOINT_FIELDS, SAVEPOINT_OPS
 from snapshotd.domain import validation
 from snapshotd.domain.errors import BadRequest
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
@@ -25,9 +27,13 @@ Result = dict[str, Any]
 Handler = Callable[["Daemon", Request], Awaitable[Result]]
 SyncHandler = Callable[["Daemon", Request], Result]
 
+ENVELOPE = ("op", "id", "instance")
+"""Fields every request may carry (SPEC section 2)."""
+EVENT_FIELDS = frozenset(("type", "data"))
 MAX_EVENTS = 10_000
 LOAD_LIMIT_DEFAULT, LOAD_LIMIT_MAX = 10_000, 100_000
 AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 1_000
+RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX = 100, 1_000
 
 
 def _run(req: Request) -> str:
@@ -66,11 +72,15 @@ def _snapshot_id(req: Request) -> str:
 
 
 def ping(daemon: Daemon, req: Request) -> Result:
+    check_fields("ping", req)
     return {"pong": True}
 
 
 def snapshot(daemon: Daemon, req: Request) -> Result:
-    # The fire-and-forget hot path: _run and _instance inlined.
+    # The fire-and-forget hot path: _run and _instance inlined; parse guarantees op
+    # and instance, so three fields with run among them need no further field check.
+    if len(req) != 3 or "run" not in req:
+        check_fields("snapshot", req)
     try:
         instance = daemon.instances[req["instance"]]
     except KeyError:
@@ -87,6 +97,7 @@ def snapshot(daemon: Daemon, req: Request) -> Result:
 
 
 def status(daemon: Daemon, req: Request) -> Result:
+    check_fields("status", req)
     return daemon.status()
 
 
@@ -134,14 +145,24 @@ def _events(value: object) -> list[NewEvent]:
     for index, item in enumerate(value):
         if type(item) is not dict:
             raise BadRequest(f"events[{index}] must be an object with type and data")
-        if "data" not in item:
-            raise BadRequest(f"events[{index}].data is required")
+        if len(item) != 2 or "data" not in item:
+            _event_fields(item, index)
         type_ = item.get("type")
         if not (type(type_) is str and 0 < len(type_) <= 128 and type_.isprintable()):
             type_ = validation.name(type_, f"events[{index}].type")
         # data was checked by the codec (int64 range, no NUL) against the raw line.
         append(NewEvent(type_, item["data"]))
     return events
+
+
+def _event_fields(item: dict[str, Any], index: int) -> None:
+    for key in sorted(item):
+        if key not in EVENT_FIELDS:
+            raise BadRequest(
+                f"events[{index}]: unknown field {key[:100]!r} (an event has type and data)"
+            )
+    if "data" not in item:
+        raise BadRequest(f"events[{index}].data is required")
 
 
 async def append(daemon: Daemon, req: Request) -> Result:
@@ -167,7 +188,10 @@ async def snapshot_now(daemon: Daemon, req: Request) -> Result:
         kind = "safety"
     elif given is not None and given != "manual":
         raise BadRequest('kind must be "manual" or "safety"')
-    return await instance.snapshot_now(run_id, lease=lease, force=force, kind=kind)
+    label = req.get("label")
+    if label is not None:
+        validation.label(label)
+    return await instance.snapshot_now(run_id, lease=lease, force=force, kind=kind, label=label)
 
 
 async def load(daemon: Daemon, req: Request) -> Result:
@@ -177,14 +201,31 @@ async def load(daemon: Daemon, req: Request) -> Result:
     if after is not None:
         validation.integer(after, "after_seq", minimum=0)
     limit = _optional_int(req, "limit", LOAD_LIMIT_DEFAULT, 1, LOAD_LIMIT_MAX)
-    return await instance.load(run_id, after_seq=after, limit=limit)
+    snapshot_id = None
+    if req.get("snapshot_id") is not None:
+        if after is not None:
+            raise BadRequest("snapshot_id and after_seq cannot be combined: page on with after_seq")
+        snapshot_id = _snapshot_id(req)
+    return await instance.load(run_id, after_seq=after, limit=limit, snapshot_id=snapshot_id)
 
 
 async def list_snapshots(daemon: Daemon, req: Request) -> Result:
     instance = _instance(daemon, req)
     run_id = _run(req)
     metas = await instance.journal.list_snapshots(run_id)
-    return {"snapshots": [meta.to_json() for meta in metas]}
+    return {"snapshots": [meta.listing() for meta in metas]}
+
+
+async def list_runs(daemon: Daemon, req: Request) -> Result:
+    instance = _instance(daemon, req)
+    after = req.get("after")
+    if after is not None:
+        validation.run_id(after, "after")
+    workflow = req.get("workflow")
+    if workflow is not None:
+        validation.name(workflow, "workflow")
+    limit = _optional_int(req, "limit", RUNS_LIMIT_DEFAULT, 1, RUNS_LIMIT_MAX)
+    return await instance.list_runs(after=after, limit=limit, workflow=workflow)
 
 
 async def _set_pinned(daemon: Daemon, req: Request, pinned: bool) -> Result:
@@ -222,6 +263,39 @@ async def audit(daemon: Daemon, req: Request) -> Result:
 
 # registry ----------------------------------------------------------------------
 
+_OP_FIELDS: dict[str, str] = {
+    "ping": "",
+    "status": "",
+    "snapshot": "run lease",
+    "create_run": "run workflow version lease",
+    "set_version": "run version",
+    "set_lease": "run lease expected",
+    "append": "run events expected_seq lease",
+    "snapshot_now": "run lease force kind label",
+    "load": "run after_seq limit snapshot_id",
+    "list_snapshots": "run",
+    "list_runs": "after limit workflow",
+    "pin": "run snapshot_id",
+    "unpin": "run snapshot_id",
+    "verify": "run",
+    "audit": "cursor limit",
+    **SAVEPOINT_FIELDS,
+}
+FIELDS: dict[str, frozenset[str]] = {
+    op: frozenset((*ENVELOPE, *names.split())) for op, names in _OP_FIELDS.items()
+}
+"""Every field an op defines, the envelope included (SPEC section 2)."""
+
+
+def check_fields(op: str, req: Request) -> None:
+    """BadRequest naming a field of ``req`` that ``op`` does not define, if any."""
+    allowed = FIELDS[op]
+    if not allowed.issuperset(req):
+        name = min(key for key in req if key not in allowed)
+        expected = ", ".join(sorted(allowed.difference(ENVELOPE))) or "none"
+        raise BadRequest(f"unknown field {name[:100]!r} for op {op} (its fields: {expected})")
+
+
 SYNC_OPS: dict[str, SyncHandler] = {"ping": ping, "snapshot": snapshot, "status": status}
 
 
@@ -241,6 +315,7 @@ OPS.update(
     snapshot_now=snapshot_now,
     load=load,
     list_snapshots=list_snapshots,
+    list_runs=list_runs,
     pin=pin,
     unpin=unpin,
     verify=verify,

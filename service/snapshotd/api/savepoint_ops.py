@@ -4,7 +4,8 @@ Each instance gets one ``SavepointService`` (created on first use, so the
 runtime needs no savepoint wiring); its per-run locks then cover every
 connection. ``savepoint_load`` applies the workflow's ``savepoint_upgrade``
 callable; a failure in it is answered as ``internal`` with the callable's error,
-and the daemon carries on.
+and the daemon carries on. With ``resume`` it also sets every entity back to the
+loaded savepoint (or to its initial state when none is complete yet).
 """
 
 from __future__ import annotations
@@ -117,22 +118,56 @@ def _check_upgraded(spec: str | None, entities: Any) -> None:
         raise Internal(f"savepoint_upgrade {spec!r} returned a value that is not JSON") from None
 
 
+def _upgraded(instance: Instance, workflow: str, entities: dict[str, Any]) -> Any:
+    """``entities`` through the workflow's ``savepoint_upgrade`` (unchanged without one)."""
+    upgrade = instance.savepoint_upgrade_for(workflow)
+    if upgrade is None:
+        return entities
+    spec = instance.policy_for(workflow).savepoint_upgrade
+    try:
+        upgraded = upgrade(entities)
+    except Exception as exc:  # user code: any failure is the caller's answer
+        raise Internal(f"savepoint_upgrade {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+    _check_upgraded(spec, upgraded)
+    return upgraded
+
+
+def _resumable(instance: Instance, workflow: str, entities: dict[str, Any]) -> dict[str, Any]:
+    """Upgraded states that can become the entities' bases: the same entity ids."""
+    upgraded: dict[str, Any] = _upgraded(instance, workflow, entities)
+    if set(upgraded) != set(entities):
+        spec = instance.policy_for(workflow).savepoint_upgrade
+        raise Internal(f"savepoint_upgrade {spec!r} changed the entity ids; resume needs them kept")
+    return upgraded
+
+
 async def savepoint_load(daemon: Daemon, req: Request) -> Result:
     instance, run_id = _target(daemon, req)
-    loaded = await service_for(instance).load(run_id)
-    entities: Any = loaded.savepoint.entities
-    upgrade = instance.savepoint_upgrade_for(loaded.workflow)
-    if upgrade is not None:
-        spec = instance.policy_for(loaded.workflow).savepoint_upgrade
-        try:
-            entities = upgrade(entities)
-        except Exception as exc:  # user code: any failure is the caller's answer
-            raise Internal(
-                f"savepoint_upgrade {spec!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        _check_upgraded(spec, entities)
+    resume = req.get("resume", False)
+    if type(resume) is not bool:
+        raise BadRequest("resume must be a boolean")
+    service = service_for(instance)
+    if resume:
+        loaded = await service.resume(
+            run_id, lambda workflow, states: _resumable(instance, workflow, states)
+        )
+        entities = loaded.savepoint.entities
+        await instance.record_audit(
+            "savepoint_resumed", run_id=run_id, timestamp_ms=loaded.savepoint.timestamp_ms
+        )
+    else:
+        loaded = await service.load(run_id)
+        entities = _upgraded(instance, loaded.workflow, loaded.savepoint.entities)
     return {"timestamp_ms": loaded.savepoint.timestamp_ms, "entities": entities}
 
+
+SAVEPOINT_FIELDS: dict[str, str] = {
+    "savepoint_init": "run start_ms interval_ms entities",
+    "savepoint_save": "run entity timestamp_ms state",
+    "savepoint_ack": "run entity timestamp_ms",
+    "savepoint_load": "run resume",
+}
+"""The fields of each savepoint op besides the envelope, space-separated."""
 
 SAVEPOINT_OPS: dict[str, Callable[[Daemon, Request], Awaitable[Result]]] = {
     "savepoint_init": savepoint_init,

@@ -12,10 +12,23 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class Failure(Exception):
-    """A command failed with a message for stderr and an exit code."""
+    """A command failed: exit ``code``, an ``error`` code and a message.
 
-    def __init__(self, message: str, code: int = EXIT_FAILURE, error: str = "failed") -> None:
-        super().__init__(message)
+    ``str()`` is the stderr text, which starts with the error code when ``show_error``
+    (a daemon's error); ``message`` alone goes into a ``--json`` error object, beside
+    its ``code``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: int = EXIT_FAILURE,
+        error: str = "failed",
+        *,
+        show_error: bool = False,
+    ) -> None:
+        super().__init__(f"{error}: {message}" if show_error else message)
+        self.message = message
         self.code = code
         self.error = error
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import anyio
 import structlog
 
 from snapshotd import __version__
-from snapshotd.cli.common import EXIT_OK, Failure, print_json
+from snapshotd.cli.common import EXIT_OK, EXIT_USAGE, Failure, print_json
 
 if TYPE_CHECKING:
     from snapshotd.api.server import BoundSocket
@@ -37,8 +38,18 @@ def add_commands(add: Callable[..., Any], common: argparse.ArgumentParser) -> No
     """Register ``serve`` and ``migrate`` through the parser's ``add(name, parents, help)``."""
     p = add("serve", [common], "run the daemon until SIGTERM/SIGINT")
     p.set_defaults(func=cmd_serve)
-    p = add("migrate", [common], "apply the PostgreSQL migrations")
-    p.add_argument("--dsn", required=True, help="postgresql://user@host/db[?schema=...]")
+    p = add(
+        "migrate",
+        [common],
+        "apply the PostgreSQL migrations to every DSN given (--dsn, else SNAPSHOTD_DSN)",
+    )
+    p.add_argument(
+        "--dsn",
+        action="append",
+        metavar="DSN",
+        help="postgresql://user@host/db[?schema=...]; repeat for every shard. Prefer "
+        "SNAPSHOTD_DSN (whitespace-separated DSNs): a command line shows the password",
+    )
     p.set_defaults(func=cmd_migrate)
 
 
@@ -101,14 +112,34 @@ async def _serve(config: Config, bound: BoundSocket) -> None:
             outer.cancel_scope.cancel()
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from snapshotd.journals.migrate import migrate
+DSN_ENV = "SNAPSHOTD_DSN"
 
-    applied = anyio.run(migrate, args.dsn)
+
+def migrate_dsns(given: list[str] | None, env: Mapping[str, str]) -> list[str]:
+    """The DSNs to migrate: every ``--dsn``, else the whitespace-separated ``SNAPSHOTD_DSN``."""
+    dsns = given or env.get(DSN_ENV, "").split()
+    if not dsns:
+        raise Failure(f"no DSN: pass --dsn or set {DSN_ENV}", EXIT_USAGE, "usage")
+    return dsns
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from snapshotd.journals.migrate import migrate, parse_dsn
+
+    targets = [(dsn, parse_dsn(dsn).description) for dsn in migrate_dsns(args.dsn, os.environ)]
+
+    async def migrate_all() -> list[list[str]]:
+        return [await migrate(dsn) for dsn, _ in targets]
+
+    results = anyio.run(migrate_all)
     if args.json:
-        print_json({"applied": applied})
-    elif applied:
-        print("applied: " + ", ".join(applied))
-    else:
-        print("database is up to date")
+        databases = [
+            {"database": where, "applied": applied}
+            for (_, where), applied in zip(targets, results, strict=True)
+        ]
+        print_json({"applied": results[0], "databases": databases})
+        return EXIT_OK
+    for (_, where), applied in zip(targets, results, strict=True):
+        prefix = f"{where}: " if len(targets) > 1 else ""
+        print(prefix + ("applied: " + ", ".join(applied) if applied else "database is up to date"))
     return EXIT_OK

@@ -18,6 +18,13 @@ from snapshotd.cli import daemon, demo, ops
 from snapshotd.cli.common import EXIT_FAILURE, EXIT_USAGE, Failure, root_cause
 from snapshotd.domain.errors import ConfigError, SnapshotdError
 
+EXIT_CODES = """exit codes:
+  0    success (snapshot-now: a snapshot was taken, or none was due)
+  1    failure: the daemon answered an error, cannot be reached, snapshot-now could not
+       take a snapshot (no_run, busy, too_large, ...), verify found problems
+  2    usage or configuration error
+  130  interrupted (Ctrl-C)"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors that also answer in JSON when ``--json`` was given."""
@@ -32,7 +39,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="snapshotd", description="Snapshot daemon for event-sourced runs.")
+    parser = _Parser(
+        prog="snapshotd",
+        description="Snapshot daemon for event-sourced runs.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"snapshotd {__version__}")
     # Accepted before the command too (`snapshotd --json status`); merged in ``_merge_globals``.
     parser.add_argument("--config", dest="global_config", metavar="FILE", help=argparse.SUPPRESS)
@@ -90,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cause = root_cause(exc)
         if isinstance(cause, Failure):
             print(f"snapshotd: {cause}", file=sys.stderr)
-            _json_error(args, cause.error, str(cause))
+            _json_error(args, cause.error, cause.message)
             return cause.code
         if isinstance(cause, ConfigError):
             print(f"snapshotd: configuration error: {cause}", file=sys.stderr)

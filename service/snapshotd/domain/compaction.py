@@ -29,11 +29,18 @@ def checksum(payload: bytes) -> str:
 
 
 def verify(snapshot: Snapshot) -> None:
-    """Raise Corrupt when the payload does not match its checksum, size or format."""
+    """Raise Corrupt when the payload does not match its checksum, size or format.
+
+    A snapshot stored as a delta (``meta.base_id``) has a checksum chained over its
+    links, which ``runtime.chains`` checks while assembling it: here its payload
+    must be the assembled whole state, so only its size can be checked.
+    """
     meta = snapshot.meta
     if meta.format_version != FORMAT_VERSION:
         raise Corrupt(f"snapshot {meta.snapshot_id}: unknown format_version {meta.format_version}")
-    if len(snapshot.payload) != meta.size_bytes or checksum(snapshot.payload) != meta.checksum:
+    if len(snapshot.payload) != meta.size_bytes or (
+        meta.base_id is None and checksum(snapshot.payload) != meta.checksum
+    ):
         raise Corrupt(f"snapshot {meta.snapshot_id}: checksum mismatch")
 
 
@@ -65,6 +72,7 @@ def compact(
     kind: SnapshotKind,
     now: datetime,
     safety_ttl_s: float,
+    label: str | None = None,
 ) -> Compacted:
     """Fold ``tail`` onto ``base`` (None: from the empty state) into a new snapshot.
 
@@ -88,5 +96,6 @@ def compact(
         pinned=False,
         created_at=now,
         expires_at=now + timedelta(seconds=safety_ttl_s) if kind == "safety" else None,
+        label=label,
     )
     return Compacted(Snapshot(meta, payload), len(tail))

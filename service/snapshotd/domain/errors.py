@@ -65,6 +65,10 @@ class Corrupt(SnapshotdError):
     code = "corrupt"
 
 
+class SnapshotCorrupt(Corrupt):
+    """One snapshot is damaged (not the run's own data): asked for by id, it is ``corrupt``."""
+
+
 class Internal(SnapshotdError):
     code = "internal"
 

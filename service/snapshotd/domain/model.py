@@ -86,6 +86,18 @@ class SnapshotMeta:
     pinned: bool
     created_at: datetime
     expires_at: datetime | None
+    label: str | None = None
+    base_id: str | None = None
+    """The link this snapshot is stored as a delta on (domain.chains); None: stored whole."""
+    stored_bytes: int | None = None
+    """Bytes of the stored payload when it is a delta (None: ``size_bytes``, stored whole)."""
+    retired: bool = False
+    """Removed by retention but still a link a kept snapshot needs: never listed or served."""
+
+    @property
+    def stored_size(self) -> int:
+        """What storing this snapshot cost: its delta's size, or the whole state's."""
+        return self.size_bytes if self.stored_bytes is None else self.stored_bytes
 
     def order_key(self) -> tuple[int, datetime, str]:
         """Newest-first ordering of SPEC section 1: by through_seq, then created_at."""
@@ -105,15 +117,42 @@ class SnapshotMeta:
             "pinned": self.pinned,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
+            "label": self.label,
         }
+
+    def listing(self) -> dict[str, Any]:
+        """What ``list_snapshots`` shows: the metadata plus ``stored_bytes``, what
+        storing the snapshot cost (a delta's size when it is stored as one)."""
+        return {**self.to_json(), "stored_bytes": self.stored_size}
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A snapshot with its encoded state (orjson bytes, as stored and checksummed)."""
+    """A snapshot with its encoded state (orjson bytes, as stored and checksummed).
+
+    Read from a journal, ``payload`` is what is stored: the whole state, or a delta
+    when ``meta.base_id`` is set. ``runtime.chains`` assembles a delta's chain into
+    a Snapshot with the whole state as ``payload`` (its links verified on the way).
+    """
 
     meta: SnapshotMeta
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One row of ``list_runs``: a run and its newest compatible snapshot, if any.
+
+    The journal fills ``snapshot_id``/``snapshot_through_seq`` from metadata alone;
+    the runtime replaces a snapshot it knows to be damaged by the next older one.
+    """
+
+    run_id: str
+    workflow: str
+    version: str
+    last_seq: int
+    snapshot_id: str | None
+    snapshot_through_seq: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,6 +198,40 @@ def _prune(entity: Entity, k: int) -> Entity:
     return replace(entity, history=entity.history[base:])
 
 
+def resume_point(schedule: Schedule) -> Savepoint:
+    """Where ``resume`` restarts: the newest complete savepoint, else the initial states
+    at ``start_ms`` (before any savepoint completes, each history starts with bucket 0)."""
+    newest = latest(schedule)
+    if newest is not None:
+        return newest
+    return Savepoint(
+        schedule.start_ms, {eid: entity.history[0][1] for eid, entity in schedule.entities.items()}
+    )
+
+
+def resume(schedule: Schedule, states: Mapping[str, Any]) -> Schedule:
+    """The application restarts from ``resume_point``: every entity's progress goes back.
+
+    ``states`` are the resume point's states as the application gets them (upgraded);
+    they become each entity's base, and what was saved or acked after the resume point
+    is forgotten. After a complete savepoint K every entity has reached ``T(K)``, so
+    reports at times >= ``T(K)`` are accepted and savepoints after K complete as usual
+    (K itself and older ones stay as they were). Without one, every entity is as
+    ``init`` left it. Raises ValueError when ``states`` does not name exactly the
+    declared entities.
+    """
+    if set(states) != set(schedule.entities):
+        raise ValueError("resumed states must name exactly the declared entities")
+    if schedule.complete_k == 0:
+        entities = {eid: Entity(None, ((0, states[eid]),)) for eid in schedule.entities}
+    else:
+        at = schedule.time_of(schedule.complete_k)
+        entities = {
+            eid: Entity(at, ((schedule.complete_k, states[eid]),)) for eid in schedule.entities
+        }
+    return replace(schedule, entities=entities)
+
+
 def latest(schedule: Schedule) -> Savepoint | None:
     """The newest complete savepoint, if any."""
     return schedule.completed[-1] if schedule.completed else None

@@ -12,6 +12,9 @@ from typing import Any
 
 from snapshotd.domain.errors import BadRequest
 
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects in a request, the request object being level 1
+(SPEC section 2): far below what any parser or encoder in the path refuses."""
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 _FLOAT_INT_LIMIT = float(2**63)
@@ -46,6 +49,14 @@ def name(value: object, field: str) -> str:
         raise BadRequest(f"{field} must not contain NUL")
     _check_unicode(value, field)
     return value
+
+
+def label(value: object, field: str = "label") -> str:
+    """A snapshot label: 1-128 characters, no NUL or control characters (shown in tables)."""
+    text = name(value, field)
+    if _has_control(text):
+        raise BadRequest(f"{field} must not contain control characters")
+    return text
 
 
 def lease(value: object, field: str = "lease") -> str:
@@ -85,42 +96,53 @@ def _check_unicode(text: str, field: str) -> None:
         raise BadRequest(f"{field} is not valid Unicode") from None
 
 
-def json_value(value: Any, field: str = "data") -> bool:
-    """Reject values the journal could not store exactly.
+def json_value(value: Any, field: str = "data", level: int = 2) -> bool:
+    """Reject values the journal could not store exactly, or nested too deep.
 
-    Integers must fit in signed 64 bits and strings must be valid Unicode without
-    NUL. Returns True when the value holds a float of integer magnitude >= 2**63:
-    orjson turns out-of-range integer literals into such floats, so the caller
-    must re-check the raw text (see ``exact_integers``).
+    Integers must fit in signed 64 bits, strings must be valid Unicode without NUL,
+    and arrays and objects may nest to MAX_DEPTH, ``level`` being the level ``value``
+    sits at (a request's field: 2, the request object being 1). Returns True when
+    the value holds a float of integer magnitude >= 2**63: orjson turns
+    out-of-range integer literals into such floats, so the caller must re-check the
+    raw text (see ``exact_integers``). Walks level by level, never recursively.
     """
     suspicious = False
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise BadRequest(f"{field} contains a string with NUL")
-            if not item.isascii():
-                _check_unicode(item, field)
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                if "\x00" in key:
-                    raise BadRequest(f"{field} contains a key with NUL")
-                if not key.isascii():
-                    _check_unicode(key, field)
-                stack.append(sub)
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            if not INT64_MIN <= item <= INT64_MAX:
-                raise BadRequest(f"{field} contains an integer outside signed 64 bits")
-        elif isinstance(item, float):
-            if abs(item) >= _FLOAT_INT_LIMIT and item.is_integer():
-                suspicious = True
-        else:
-            raise BadRequest(f"{field} contains a value that is not JSON")
+    current = [value]
+    while current:
+        below: list[Any] = []
+        for item in current:
+            if isinstance(item, str):
+                if "\x00" in item:
+                    raise BadRequest(f"{field} contains a string with NUL")
+                if not item.isascii():
+                    _check_unicode(item, field)
+            elif isinstance(item, dict):
+                for key, sub in item.items():
+                    if "\x00" in key:
+                        raise BadRequest(f"{field} contains a key with NUL")
+                    if not key.isascii():
+                        _check_unicode(key, field)
+                    below.append(sub)
+            elif isinstance(item, list):
+                below.extend(item)
+            elif isinstance(item, bool) or item is None:
+                continue
+            elif isinstance(item, int):
+                if not INT64_MIN <= item <= INT64_MAX:
+                    raise BadRequest(f"{field} contains an integer outside signed 64 bits")
+            elif isinstance(item, float):
+                if abs(item) >= _FLOAT_INT_LIMIT and item.is_integer():
+                    suspicious = True
+            else:
+                raise BadRequest(f"{field} contains a value that is not JSON")
+        if below and level >= MAX_DEPTH:
+            # ``below`` holds the children of containers at ``level``: a container
+            # among them would sit deeper than MAX_DEPTH.
+            for item in below:
+                if isinstance(item, dict | list):
+                    raise BadRequest(f"{field} is nested deeper than {MAX_DEPTH} levels")
+        current = below
+        level += 1
     return suspicious
 
 

@@ -7,7 +7,7 @@ never block the event loop: file I/O runs in worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol, runtime_checkable
@@ -21,6 +21,7 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
 )
@@ -107,6 +108,18 @@ class Journal(Protocol):
         """Run ids in ascending order after ``after``, for sweeps and tools."""
         ...
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        """At most ``limit`` runs with ids after ``after`` (of ``workflow`` only, when
+        given), ascending in the byte order of their UTF-8 ids, each with its newest
+        snapshot of the run's version at or below its ``last_seq`` (``list_runs``).
+
+        Costs in proportion to ``limit`` (plus, for an fs journal with ``workflow``,
+        the runs of other workflows passed over), not to all runs.
+        """
+        ...
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -156,7 +169,11 @@ class Journal(Protocol):
         ...
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
-        """Delete the given snapshots (missing ones are ignored); returns how many went."""
+        """Delete the given snapshots (missing ones are ignored); returns how many went.
+
+        A snapshot another one not being deleted is stored on (a delta chain's link)
+        stays: see ``StoresLinks``.
+        """
         ...
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
@@ -217,8 +234,15 @@ class SchedulesSweeps(Protocol):
     that later. ``get_run`` returns the recorded point in ``Run.due``.
     """
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
-        """Runs due at ``now`` after ``after`` in (due time, run id) order, at most ``limit``.
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        """Runs due at ``now`` after ``after`` in (due time, run id) order, at most ``limit``;
+        with ``slices``, only runs of those slices (``domain.slices.run_slice``).
 
         Costs in proportion to the runs returned (an index on the due time), never
         to all runs.
@@ -240,6 +264,48 @@ class SchedulesSweeps(Protocol):
     async def record_failure(self, run_id: str, now: datetime, max_delay_s: float) -> None:
         """Back the run off after a failed attempt: ``FIRST_RETRY_S`` after the first
         failure, doubling with every further one, at most ``max_delay_s``."""
+        ...
+
+
+@runtime_checkable
+class KeepsConnected(Protocol):
+    """A journal behind a network connection (PostgreSQL): it opens even while its
+    database is down and reconnects by itself; ``up`` says whether it answers."""
+
+    @property
+    def up(self) -> bool: ...
+
+    async def keep_connected(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Reconnect (with jittered backoff) and probe until cancelled; never raises
+        except on cancellation."""
+        ...
+
+
+@runtime_checkable
+class QueuesAudit(Protocol):
+    """A journal whose audit writes are batched (PostgreSQL): entries are queued
+    without waiting and written within ~1 s; a crash may lose the last batch."""
+
+    def queue_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> None:
+        """Queue an entry for the next batch; never blocks, never raises."""
+        ...
+
+    async def write_queued_audit(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Write queued entries about every second until cancelled, then the rest
+        (bounded). Failed batches are kept and retried; never raises except on
+        cancellation."""
+        ...
+
+
+@runtime_checkable
+class RetainsAudit(Protocol):
+    """A journal that deletes expired audit entries (``audit_retention_s``)."""
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest entries older than ``cutoff``; returns
+        how many went (0 also when another daemon is pruning: one at a time)."""
         ...
 
 
@@ -268,6 +334,47 @@ class WatchesAppends(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SliceView:
+    """What one heartbeat saw: live daemons, and unexpired leases (slice -> holder)."""
+
+    members: list[str]
+    leases: dict[int, str]
+
+
+class SliceStore(Protocol):
+    """Leases on the 1024 slices, shared by the daemons of one database.
+
+    Expiry runs on the store's clock. Every method may raise Unavailable.
+    """
+
+    async def beat(self, member: str, lease_s: float) -> SliceView:
+        """Renew ``member`` and every lease it holds for ``lease_s``; what is live now."""
+        ...
+
+    async def claim(self, member: str, slices: Sequence[int], lease_s: float) -> list[int]:
+        """Take those of ``slices`` that are free or expired; returns the ones taken."""
+        ...
+
+    async def release(self, member: str, slices: Sequence[int]) -> None: ...
+
+    async def leave(self, member: str) -> None:
+        """Give up every lease and the membership (a clean stop)."""
+        ...
+
+    async def forward(self, run_ids: Sequence[str]) -> None:
+        """Pass snapshot hints to whichever daemon holds each run's slice."""
+        ...
+
+
+@runtime_checkable
+class DividesSlices(Protocol):
+    """A journal several daemons share, dividing its runs' slices with leases."""
+
+    @property
+    def slice_store(self) -> SliceStore: ...
+
+
 @runtime_checkable
 class HoldsDamagedSnapshots(Protocol):
     """A journal that can hold snapshots too damaged to list (fs: a file whose
@@ -280,3 +387,41 @@ class HoldsDamagedSnapshots(Protocol):
     async def damaged_snapshots(self, run_id: str) -> dict[str, str]:
         """The run's unlistable snapshots: snapshot id -> what is wrong. Raises NotFound."""
         ...
+
+
+@runtime_checkable
+class StoresLinks(Protocol):
+    """A journal that stores snapshots as delta chains (domain.chains).
+
+    ``write_snapshot`` keeps ``meta.base_id`` and ``meta.stored_bytes`` and raises
+    Superseded when the base link is gone. A retired snapshot (retention removed it
+    while a kept snapshot still needs its link) stays readable here, but
+    ``list_snapshots``, ``read_snapshot`` and ``set_pinned`` treat it as absent.
+    Journals without this store every snapshot whole.
+    """
+
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        """Every stored snapshot of the run, retired ones included, newest first."""
+        ...
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        """One stored snapshot as stored (whole or a delta), retired or not. Raises NotFound."""
+        ...
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        """``read_link`` of each of ``snapshot_ids``, in that order, in one round trip
+        (a chain is read whole to load it). Raises NotFound when one is missing."""
+        ...
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Retire the given snapshots (missing ones are ignored); returns how many."""
+        ...
+
+
+def kept_bases(snapshots: Iterable[Snapshot | SnapshotMeta], doomed: Sequence[str]) -> list[str]:
+    """``doomed`` without the links another snapshot outside ``doomed`` is stored on:
+    ``delete_snapshots`` never breaks a chain, whatever its caller computed."""
+    gone = set(doomed)
+    metas = (s.meta if isinstance(s, Snapshot) else s for s in snapshots)
+    needed = {m.base_id for m in metas if m.base_id is not None and m.snapshot_id not in gone}
+    return [sid for sid in dict.fromkeys(doomed) if sid not in needed]

@@ -6,8 +6,12 @@ from snapshotd.domain.errors import ConfigError
 from snapshotd.journals.base import Journal
 
 
-def journal_from_url(url: str) -> Journal:
-    """Build (not open) the adapter for ``url``; ConfigError for an unknown kind."""
+def journal_from_url(url: str, *, listen_dsn: str | None = None) -> Journal:
+    """Build (not open) the adapter for ``url``; ConfigError for an unknown kind.
+
+    ``listen_dsn``: PostgreSQL only, a direct DSN for LISTEN (when ``url`` goes
+    through a transaction-pooling proxy).
+    """
     if url == "memory:":
         from snapshotd.journals.memory import MemoryJournal
 
@@ -22,5 +26,5 @@ def journal_from_url(url: str) -> Journal:
     if url.startswith(("postgresql://", "postgres://")):
         from snapshotd.journals.postgres import PostgresJournal
 
-        return PostgresJournal(url)
+        return PostgresJournal(url, listen_dsn=listen_dsn)
     raise ConfigError(f"journal {url!r}: expected 'memory:', 'fs:PATH' or 'postgresql://...'")

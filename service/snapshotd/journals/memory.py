@@ -6,6 +6,7 @@ ordering) so the contract suite and the runtime tests can run without storage.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,12 +19,22 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
     utcnow,
 )
 from snapshotd.domain.policies import newest_first
-from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
+from snapshotd.domain.slices import run_slice
+from snapshotd.journals.base import (
+    FIRST_RETRY_S,
+    UNSET,
+    Document,
+    DueRun,
+    EventPage,
+    _Unset,
+    kept_bases,
+)
 from snapshotd.journals.records import event_json
 
 
@@ -65,6 +76,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self._runs: dict[str, _RunState] = {}
         self._audit: list[AuditEntry] = []
+        self._audit_cursor = 0
         self._documents: dict[tuple[str, str], Document] = {}
 
     @property
@@ -119,6 +131,38 @@ class MemoryJournal:
         ids = sorted(r for r in self._runs if after is None or r > after)
         return ids[:limit]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # str order is code point order, which is the byte order of UTF-8.
+        summaries: list[RunSummary] = []
+        for run_id in sorted(r for r in self._runs if after is None or r > after):
+            if len(summaries) >= limit:
+                break
+            state = self._runs[run_id]
+            run = state.run
+            if workflow is not None and run.workflow != workflow:
+                continue
+            newest = next(
+                (
+                    m
+                    for m in newest_first(s.meta for s in state.snapshots.values())
+                    if m.version == run.version and m.through_seq <= run.last_seq and not m.retired
+                ),
+                None,
+            )
+            summaries.append(
+                RunSummary(
+                    run_id,
+                    run.workflow,
+                    run.version,
+                    run.last_seq,
+                    None if newest is None else newest.snapshot_id,
+                    None if newest is None else newest.through_seq,
+                )
+            )
+        return summaries
+
     async def append(
         self,
         run_id: str,
@@ -165,25 +209,41 @@ class MemoryJournal:
         return EventPage(page, last, last < state.run.last_seq)
 
     async def list_snapshots(self, run_id: str) -> list[SnapshotMeta]:
+        snaps = self._state(run_id).snapshots.values()
+        return newest_first(s.meta for s in snaps if not s.meta.retired)
+
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
         return newest_first(s.meta for s in self._state(run_id).snapshots.values())
 
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        snapshot = await self.read_link(run_id, snapshot_id)
+        if snapshot.meta.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return snapshot
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         try:
             return self._state(run_id).snapshots[snapshot_id]
         except KeyError:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        return [await self.read_link(run_id, sid) for sid in snapshot_ids]
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
         state = self._state(meta.run_id)
         if lease is not None and state.run.lease is not None and lease != state.run.lease:
             raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+        if meta.base_id is not None and meta.base_id not in state.snapshots:
+            raise Superseded(f"run {meta.run_id!r}: base link {meta.base_id} is gone")
         if meta.kind != "safety":
             for other in state.snapshots.values():
                 if (
                     other.meta.kind != "safety"
                     and other.meta.version == meta.version
                     and other.meta.through_seq >= meta.through_seq
+                    and not other.meta.retired
                 ):
                     raise Superseded(
                         f"run {meta.run_id!r} already has a snapshot through seq "
@@ -193,7 +253,18 @@ class MemoryJournal:
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         snaps = self._state(run_id).snapshots
-        return sum(snaps.pop(sid, None) is not None for sid in snapshot_ids)
+        doomed = kept_bases(snaps.values(), snapshot_ids)
+        return sum(snaps.pop(sid, None) is not None for sid in doomed)
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        snaps = self._state(run_id).snapshots
+        retired = 0
+        for sid in snapshot_ids:
+            snap = snaps.get(sid)
+            if snap is not None and not snap.meta.retired:
+                snaps[sid] = replace(snap, meta=replace(snap.meta, retired=True, pinned=False))
+                retired += 1
+        return retired
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         snap = await self.read_snapshot(run_id, snapshot_id)
@@ -201,9 +272,18 @@ class MemoryJournal:
             snap, meta=replace(snap.meta, pinned=pinned)
         )
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        wanted = None if slices is None else set(slices)
         found = []
         for run_id, state in self._runs.items():
+            if wanted is not None and run_slice(run_id) not in wanted:
+                continue
             at = state.sweep_at()
             if at is not None and at <= now:
                 item = DueRun(at, run_id)
@@ -234,7 +314,11 @@ class MemoryJournal:
         due: list[str] = []
         for run_id, state in sorted(self._runs.items()):
             latest = max(
-                (s.meta for s in state.snapshots.values() if s.meta.version == state.run.version),
+                (
+                    s.meta
+                    for s in state.snapshots.values()
+                    if s.meta.version == state.run.version and not s.meta.retired
+                ),
                 key=SnapshotMeta.order_key,
                 default=None,
             )
@@ -247,12 +331,21 @@ class MemoryJournal:
         return due
 
     async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
-        cursor = len(self._audit) + 1
+        self._audit_cursor += 1
+        cursor = self._audit_cursor
         self._audit.append(AuditEntry(cursor, now, kind, dict(fields)))
         return cursor
 
     async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
-        return self._audit[max(cursor, 0) : max(cursor, 0) + limit]
+        start = bisect_right(self._audit, cursor, key=lambda entry: entry.cursor)
+        return self._audit[start : start + limit]
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        doomed = 0
+        while doomed < min(limit, len(self._audit)) and self._audit[doomed].at < cutoff:
+            doomed += 1
+        del self._audit[:doomed]
+        return doomed
 
     async def get_document(self, namespace: str, key: str) -> Document | None:
         return self._documents.get((namespace, key))

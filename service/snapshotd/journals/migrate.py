@@ -52,10 +52,14 @@ class PgTarget:
     """A parsed ``postgresql://`` journal URL."""
 
     dsn: str
-    """What asyncpg gets: the URL without snapshotd's own ``schema`` parameter."""
+    """What asyncpg gets: the URL without snapshotd's own ``schema`` and
+    ``prepared_statements`` parameters."""
     schema: str
     description: str
     """The URL without its password, for ``status`` and messages."""
+    prepared_statements: bool = True
+    """False (``prepared_statements=false``): no named server-side prepared
+    statements, for a transaction-pooling pgbouncer in between."""
 
     @property
     def quoted_schema(self) -> str:
@@ -79,16 +83,25 @@ def parse_dsn(url: str) -> PgTarget:
     """Split ``postgresql://user@host:port/db?schema=NAME`` into DSN and schema.
 
     Raises ConfigError for a schema name that is not a plain lower-case identifier.
+    Several hosts (``host1:5432,host2:5432``) and ``target_session_attrs`` go to
+    asyncpg as they are.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"journal DSN must start with postgresql://, got {parts.scheme!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = DEFAULT_SCHEMA
+    prepared = True
     kept: list[tuple[str, str]] = []
     for key, value in query:
         if key == "schema":
             schema = value
+        elif key == "prepared_statements":
+            if value not in ("true", "false"):
+                raise ConfigError(
+                    f"journal DSN: prepared_statements must be true or false, got {value!r}"
+                )
+            prepared = value == "true"
         else:
             kept.append((key, value))
     if not _SCHEMA_RE.fullmatch(schema):
@@ -105,7 +118,7 @@ def parse_dsn(url: str) -> PgTarget:
         shown_netloc = parts.netloc
     shown_query = urlencode([(k, v) for k, v in query if k != "password"])
     description = urlunsplit(parts._replace(netloc=shown_netloc, query=shown_query))
-    return PgTarget(dsn=dsn, schema=schema, description=description)
+    return PgTarget(dsn, schema, description, prepared)
 
 
 @dataclass(frozen=True, slots=True)

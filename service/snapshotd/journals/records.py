@@ -53,4 +53,21 @@ def meta_from_json(obj: dict[str, Any]) -> SnapshotMeta:
         pinned=bool(obj["pinned"]),
         created_at=parse_time(obj["created_at"]),
         expires_at=None if expires is None else parse_time(expires),
+        label=obj.get("label"),
+        base_id=obj.get("base_id"),
+        stored_bytes=None if obj.get("stored_bytes") is None else int(obj["stored_bytes"]),
+        retired=bool(obj.get("retired", False)),
     )
+
+
+def meta_record(meta: SnapshotMeta) -> dict[str, Any]:
+    """The stored form of snapshot metadata: ``to_json`` plus, for a link of a delta
+    chain, ``base_id``/``stored_bytes``, and ``retired`` once retention retired it
+    (whole snapshots are stored exactly as before chains existed)."""
+    record = meta.to_json()
+    if meta.base_id is not None:
+        record["base_id"] = meta.base_id
+        record["stored_bytes"] = meta.stored_bytes
+    if meta.retired:
+        record["retired"] = True
+    return record

@@ -1,9 +1,13 @@
 """Per-instance tasks: the snapshotter actor under its supervisor, the sweep, the watcher.
 
-The actor takes one Job at a time from the instance's mailbox. Attempts never raise
-(see ``runtime.attempt``), so a crash of the loop itself is a bug; the supervisor
-then restarts it with capped exponential backoff, counting the restart, and the
-instance keeps taking requests meanwhile (the bounded mailbox absorbs them).
+The actor takes Jobs from the instance's mailbox and runs up to
+``instance.max_in_flight`` attempts at once, each of a different run (the mailbox
+never hands out a run in flight, so each run's attempts keep their order). An
+attempt spends most of its time waiting for the journal, so overlapping them is
+what makes one actor fast. Attempts never raise (see ``runtime.attempt``), so a
+crash of the loop itself is a bug; the supervisor then restarts it with capped
+exponential backoff, counting the restart, and the instance keeps taking requests
+meanwhile (the bounded mailbox absorbs them).
 """
 
 from __future__ import annotations
@@ -13,16 +17,22 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import anyio
-import anyio.lowlevel
 import structlog
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import SnapshotdError
 from snapshotd.domain.model import utcnow
-from snapshotd.journals.base import DueRun, SchedulesSweeps, WatchesAppends
+from snapshotd.journals.base import (
+    DueRun,
+    KeepsConnected,
+    QueuesAudit,
+    RetainsAudit,
+    SchedulesSweeps,
+    WatchesAppends,
+)
 from snapshotd.runtime.instance import Instance
-from snapshotd.runtime.mailbox import MailboxClosed
+from snapshotd.runtime.mailbox import Job, MailboxClosed
 
 _log = structlog.get_logger("snapshotd.actor")
 
@@ -32,6 +42,9 @@ HEALTHY_AFTER_S = 30.0
 """A loop that ran this long before crashing restarts with the initial delay again."""
 
 SWEEP_MAX_PERIOD_S = 60.0
+RETENTION_PERIOD_S = 600.0
+"""How often expired audit entries are looked for (SPEC: deleted within an hour)."""
+RETENTION_BATCH = 1000
 SWEEP_FOLLOW_UP_S = 1.0
 """How soon a sweep whose page filled the mailbox looks for the next page."""
 
@@ -53,12 +66,25 @@ async def _helpers(instance: Instance, scope: anyio.CancelScope) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(supervise, instance, "sweep", sweep_loop)
             journal = instance.journal
+            if isinstance(journal, KeepsConnected):
+                await tg.start(journal.keep_connected, instance.health.reconnected)
+            if isinstance(journal, QueuesAudit):
+                await tg.start(journal.write_queued_audit)
+            if isinstance(journal, RetainsAudit) and instance.config.audit_retention_s > 0:
+                tg.start_soon(supervise, instance, "retention", retention_loop)
             if isinstance(journal, WatchesAppends):
 
                 async def watch(instance: Instance) -> None:
-                    await journal.watch_appends(instance.trigger, instance.request_sweep)
+                    await journal.watch_appends(instance.notified, instance.journal_reconnected)
 
                 tg.start_soon(supervise, instance, "watcher", watch)
+            keeper = instance.slices
+            if keeper is not None:
+
+                async def keep(instance: Instance) -> None:
+                    await keeper.run(instance.request_sweep)
+
+                tg.start_soon(supervise, instance, "slices", keep)
 
 
 async def supervise(
@@ -105,19 +131,34 @@ async def supervise(
 
 
 async def actor_loop(instance: Instance) -> None:
-    """Take Jobs one at a time until the mailbox closes."""
-    while True:
+    """Take Jobs until the mailbox closes, then let the attempts in flight finish."""
+    mailbox = instance.mailbox
+    slots = anyio.Semaphore(instance.max_in_flight)
+
+    async def run(job: Job) -> None:
         try:
-            job = await instance.mailbox.get()
-        except MailboxClosed:
-            return
-        instance.in_flight = job
-        await instance.handle(job)
-        instance.in_flight = None
-        # An attempt can end without yielding (a cached run, a cheap skip) and the
-        # mailbox hands out queued Jobs without waiting: one step per attempt keeps
-        # the socket readers and the other instances served.
-        await anyio.lowlevel.checkpoint()
+            await instance.handle(job)
+        finally:
+            mailbox.done(job.run_id)
+            slots.release()
+        # Only an attempt that ended leaves: a crash (or the drain deadline) leaves
+        # the rest for task_crashed to account for.
+        del instance.in_flight[job.run_id]
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            # A free slot first: Jobs wait in the mailbox, where requests coalesce.
+            # The semaphore yields even when free, so a mailbox full of cheap skips
+            # still leaves the socket readers and the other instances their turn.
+            await slots.acquire()
+            if tg.cancel_scope.cancel_called:
+                return  # an attempt crashed: leave, so the task group raises its error
+            try:
+                job = await mailbox.get()
+            except MailboxClosed:
+                return
+            instance.in_flight[job.run_id] = job
+            tg.start_soon(run, job)
 
 
 async def sweep_loop(instance: Instance) -> None:
@@ -156,8 +197,11 @@ async def sweep_due(
     room = instance.mailbox.capacity - len(instance.mailbox)
     if room <= 0:
         return cursor
+    slices = None if instance.slices is None else instance.slices.sweep_slices()
+    if slices is not None and not slices:
+        return None
     try:
-        page = await journal.sweep_due(utcnow(), room, cursor)
+        page = await journal.sweep_due(utcnow(), room, cursor, slices)
     except (SnapshotdError, OSError) as exc:
         _log.warning("sweep_failed", instance=instance.name, error=f"{type(exc).__name__}: {exc}")
         return None
@@ -180,3 +224,33 @@ async def sweep_once(instance: Instance, interval: float | None, *, gap: bool) -
     for run_id in due:
         instance.trigger(run_id)
     return len(due)
+
+
+async def retention_loop(instance: Instance) -> None:
+    """Delete expired audit entries every ``RETENTION_PERIOD_S``, in small batches."""
+    journal = instance.journal
+    assert isinstance(journal, RetainsAudit)
+    while True:
+        await prune_expired_audit(instance, journal)
+        await anyio.sleep(RETENTION_PERIOD_S)
+
+
+async def prune_expired_audit(instance: Instance, journal: RetainsAudit) -> int:
+    """Delete entries older than ``audit_retention_s``, a batch at a time; returns how
+    many went. Stops early when the journal fails (the next round retries)."""
+    cutoff = utcnow() - timedelta(seconds=instance.config.audit_retention_s)
+    total = 0
+    while True:
+        try:
+            deleted = await journal.prune_audit(cutoff, RETENTION_BATCH)
+        except (SnapshotdError, OSError) as exc:
+            _log.warning(
+                "audit_retention_failed",
+                instance=instance.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return total
+        total += deleted
+        if deleted < RETENTION_BATCH:
+            return total
+        await anyio.lowlevel.checkpoint()

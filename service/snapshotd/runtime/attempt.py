@@ -11,13 +11,13 @@ the base snapshot is read and verified only once a snapshot is actually due.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
 
-from snapshotd.domain import compaction
+from snapshotd.domain import chains, compaction
 from snapshotd.domain.errors import (
     Busy,
     Corrupt,
@@ -32,11 +32,11 @@ from snapshotd.domain.model import Run, SnapshotKind, SnapshotMeta, utcnow
 from snapshotd.domain.policies import Policy, SkipReason, decide, fits, prune
 from snapshotd.domain.reducers import Reducer
 from snapshotd.journals.base import Journal
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
     compatible,
     drop_known_corrupt,
-    newest_valid,
     report_damaged,
 )
 from snapshotd.telemetry.instruments import InstanceTelemetry
@@ -55,6 +55,9 @@ class AttemptContext(Protocol):
 
     @property
     def reporter(self) -> CorruptionReporter: ...
+
+    @property
+    def chains(self) -> Chains: ...
 
     def policy_for(self, workflow: str) -> Policy: ...
 
@@ -85,6 +88,9 @@ class Outcome:
     through_seq: int | None = None
     error: BaseException | None = None
     seen: Seen | None = None
+    details: dict[str, int] | None = None
+    """What the skip reason needs to be acted on (``too_large``: ``size_bytes`` and
+    ``max_snapshot_bytes``), for the audit entry, the log line and the span."""
 
     @property
     def taken(self) -> bool:
@@ -110,9 +116,19 @@ class _Progress:
     through_seq: int | None = None
     seen: Seen | None = None
 
-    def outcome(self, reason: SkipReason, error: BaseException | None = None) -> Outcome:
+    def outcome(
+        self,
+        reason: SkipReason,
+        error: BaseException | None = None,
+        details: dict[str, int] | None = None,
+    ) -> Outcome:
         return Outcome(
-            reason, lag=self.lag, through_seq=self.through_seq, error=error, seen=self.seen
+            reason,
+            lag=self.lag,
+            through_seq=self.through_seq,
+            error=error,
+            seen=self.seen,
+            details=details,
         )
 
 
@@ -123,15 +139,17 @@ async def attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None = None,
 ) -> Outcome:
     """Try to snapshot ``run_id``; never raises except on cancellation.
 
     ``lease``: the requester's lease (None: not checked). ``kind="safety"`` implies
-    ``force`` and records a snapshot even when no event follows the base.
+    ``force`` and records a snapshot even when no event follows the base. ``label``
+    is kept with the snapshot taken.
     """
     progress = _Progress()
     try:
-        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, progress)
+        return await _attempt(ctx, run_id, lease, force or kind == "safety", kind, label, progress)
     except Corrupt as exc:
         await ctx.reporter.report_run(run_id, exc)
         return _failed("journal_error", exc, progress)
@@ -161,6 +179,7 @@ async def _attempt(
     lease: str | None,
     force: bool,
     kind: SnapshotKind,
+    label: str | None,
     progress: _Progress,
 ) -> Outcome:
     journal = ctx.journal
@@ -183,7 +202,13 @@ async def _attempt(
             return progress.outcome(reason)
 
     await report_damaged(journal, run_id, ctx.reporter)
-    base = await newest_valid(journal, run, candidates, ctx.reporter)
+    known = ctx.chains.known_size(run_id, policy.reducer)
+    if known is not None and not fits(policy, known):
+        # A `steps` state only grows: once too large, it stays so (no refolding).
+        sizes = {"size_bytes": known, "max_snapshot_bytes": policy.max_snapshot_bytes}
+        return progress.outcome("too_large", details=sizes)
+    codec = chains.codec_for(policy.reducer) if ctx.chains.stores_links else None
+    base = await ctx.chains.newest_valid(run, candidates, whole=codec is None)
     base_meta = None if base is None else base.meta
     if (base_meta and base_meta.snapshot_id) != (newest and newest.snapshot_id):
         progress.lag = run.last_seq - (base_meta.through_seq if base_meta else 0)
@@ -196,30 +221,54 @@ async def _attempt(
     tail = await journal.read_events(run_id, base_seq)
     if not tail and kind != "safety":
         return progress.outcome("no_events")
-    compacted = compaction.compact(
-        run_id=run_id,
-        version=run.version,
-        reducer_name=policy.reducer,
-        reducer=ctx.reducer_for(run.workflow),
-        base=base,
-        tail=tail,
-        kind=kind,
-        now=now,
-        safety_ttl_s=policy.safety_ttl_s,
-    )
-    meta = compacted.snapshot.meta
-    progress.through_seq = meta.through_seq
-    if not fits(policy, meta.size_bytes):
-        return progress.outcome("too_large")
+    if base is not None and codec is not None and base.meta.reducer == policy.reducer:
+        # `steps` on a journal storing links: the new state's size follows from the
+        # base's and the delta's, so nothing older than the tail is read or encoded.
+        delta = codec.delta(tail)
+        size = codec.size(base.meta.size_bytes, len(delta))
+        progress.through_seq = tail[-1].seq if tail else base.meta.through_seq
+        ctx.chains.grew(run_id, policy.reducer, progress.through_seq, size)
+        if not fits(policy, size):
+            sizes = {"size_bytes": size, "max_snapshot_bytes": policy.max_snapshot_bytes}
+            return progress.outcome("too_large", details=sizes)
+        stored = await ctx.chains.extend(
+            base, tail, delta, size, kind=kind, now=now, safety_ttl_s=policy.safety_ttl_s
+        )
+        snapshot = replace(stored, meta=replace(stored.meta, label=label))
+    else:
+        if base is not None and base.payload is None:
+            base = await ctx.chains.newest_valid(run, [base.meta], whole=True)
+            if base is None:
+                return progress.outcome("no_events")
+        snapshot = compaction.compact(
+            run_id=run_id,
+            version=run.version,
+            reducer_name=policy.reducer,
+            reducer=ctx.reducer_for(run.workflow),
+            base=None if base is None else base.snapshot(),
+            tail=tail,
+            kind=kind,
+            now=now,
+            safety_ttl_s=policy.safety_ttl_s,
+            label=label,
+        ).snapshot
+        progress.through_seq = snapshot.meta.through_seq
+        ctx.chains.grew(run_id, policy.reducer, progress.through_seq, snapshot.meta.size_bytes)
+        if not fits(policy, snapshot.meta.size_bytes):
+            sizes = {
+                "size_bytes": snapshot.meta.size_bytes,
+                "max_snapshot_bytes": policy.max_snapshot_bytes,
+            }
+            return progress.outcome("too_large", details=sizes)
+    meta = snapshot.meta
     if kind != "safety":
         await _clear_corrupt_blockers(ctx, listed, meta)
-    await journal.write_snapshot(compacted.snapshot, lease=lease)
+    await journal.write_snapshot(snapshot, lease=lease)
+    ctx.chains.written(snapshot, base)
     await _retain(ctx, run, policy, now)
     if kind != "safety":
         progress.seen = Seen(run, policy, meta.through_seq, meta.created_at, snapshotted=True)
-    return Outcome(
-        None, meta, compacted.events_folded, progress.lag, meta.through_seq, seen=progress.seen
-    )
+    return Outcome(None, meta, len(tail), progress.lag, meta.through_seq, seen=progress.seen)
 
 
 def _seen(run: Run, policy: Policy, base: SnapshotMeta | None) -> Seen:
@@ -275,16 +324,16 @@ async def _retain(ctx: AttemptContext, run: Run, policy: Policy, now: datetime) 
     not push out an intact one) nor get deleted (kept for inspection).
     """
     try:
-        metas = drop_known_corrupt(
-            run.run_id, await ctx.journal.list_snapshots(run.run_id), ctx.reporter
-        )
+        visible = await ctx.journal.list_snapshots(run.run_id)
+        metas = drop_known_corrupt(run.run_id, visible, ctx.reporter)
         doomed = prune(metas, current_version=run.version, keep=policy.keep_snapshots, now=now)
         if not doomed:
             return
-        ids = [m.snapshot_id for m in doomed]
-        deleted = await ctx.journal.delete_snapshots(run.run_id, ids)
+        await ctx.chains.retain(run.run_id, visible, doomed)
     except (SnapshotdError, OSError) as exc:
         _log.warning("prune_failed", run_id=run.run_id, error=f"{type(exc).__name__}: {exc}")
         return
-    ctx.telemetry.pruned(deleted)
-    await ctx.record_audit("snapshot_pruned", run_id=run.run_id, snapshot_ids=ids)
+    ctx.telemetry.pruned(len(doomed))
+    await ctx.record_audit(
+        "snapshot_pruned", run_id=run.run_id, snapshot_ids=[m.snapshot_id for m in doomed]
+    )

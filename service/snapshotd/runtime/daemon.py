@@ -104,7 +104,11 @@ async def open_daemon(
         for name, inst_config in config.instances.items():
             given = (journals or {}).get(name)
             try:
-                journal = given if given is not None else journal_from_url(inst_config.journal)
+                journal = (
+                    given
+                    if given is not None
+                    else journal_from_url(inst_config.journal, listen_dsn=inst_config.listen_dsn)
+                )
             except ConfigError as exc:
                 raise ConfigError(f"instances.{name}.journal: {exc}") from None
             await journal.open()

@@ -15,27 +15,23 @@ from dataclasses import asdict
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
-import orjson
 import structlog
 
 from snapshotd.config import InstanceConfig, WorkflowConfig
-from snapshotd.domain import compaction
-from snapshotd.domain.errors import Corrupt, NotFound, ReducerError, SnapshotdError
+from snapshotd.domain.errors import Corrupt, SnapshotCorrupt, SnapshotdError
 from snapshotd.domain.model import NewEvent, SnapshotKind, utcnow
 from snapshotd.domain.policies import SKIP_REASONS, Policy
-from snapshotd.domain.reducers import Reducer, fold
-from snapshotd.journals.base import Journal
-from snapshotd.runtime import schedule
+from snapshotd.domain.reducers import Reducer
+from snapshotd.domain.slices import SLICES
+from snapshotd.journals.base import DividesSlices, Journal, KeepsConnected, QueuesAudit
+from snapshotd.runtime import reads, schedule
 from snapshotd.runtime.attempt import Outcome, attempt
+from snapshotd.runtime.chains import Chains
 from snapshotd.runtime.mailbox import Job, Mailbox, Offer
 from snapshotd.runtime.recovery import (
     CorruptionReporter,
-    compatible,
-    drop_known_corrupt,
-    newest_valid,
-    report_damaged,
-    state_fragment,
 )
+from snapshotd.runtime.slices import SliceKeeper
 from snapshotd.telemetry.health import JournalHealth
 from snapshotd.telemetry.instruments import InstanceTelemetry, SnapshotSpan
 
@@ -48,6 +44,10 @@ UNAUDITED_REASONS = SILENT_REASONS | {"no_run"}
 """Skips kept out of the audit log (still counted, logged and traced): routine checks,
 and requests naming a run the journal does not have. Any client can send those at
 will; auditing them would let a flood of typos grow the durable log, one write each."""
+
+MAX_IN_FLIGHT = 16
+"""Attempts the actor overlaps (each of a different run): enough to keep a journal's
+connections busy while one attempt waits, few enough to bound memory and the pool."""
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -69,6 +69,8 @@ def _reports_corrupt_run(
     async def reporting(self: Instance, run_id: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await op(self, run_id, *args, **kwargs)
+        except SnapshotCorrupt:
+            raise  # one snapshot, already reported as such
         except Corrupt as exc:
             await self.reporter.report_run(run_id, exc)
             raise
@@ -155,6 +157,7 @@ class Instance:
         self.reporter = CorruptionReporter(
             config.name, self.record_audit, self.health.corruption_found
         )
+        self.chains = Chains(journal, self.reporter)
         # Whether the journal answered the last snapshot attempt: the cheap signal
         # behind ``snapshotd.journal.up`` (a journal with its own probe replaces it).
         self.journal_answers = True
@@ -163,10 +166,23 @@ class Instance:
         self.dropped = 0
         self.coalesced = 0
         self.restarts = 0
-        self.in_flight: Job | None = None
+        self.slices = (
+            SliceKeeper(
+                journal.slice_store, config.slice_lease_s, config.name, config.queue_capacity
+            )
+            if isinstance(journal, DividesSlices)
+            else None
+        )
+        """This daemon's leases on the slices of a shared journal (None: not shared)."""
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.in_flight: dict[str, Job] = {}
+        """The actor's attempts under way, by run."""
         self._sweep_wanted = anyio.Event()
         self.telemetry.watch_queue_depth(self.mailbox.__len__)
-        self.health.watch_up(lambda: self.journal_answers)
+        self.health.watch_up(lambda: self.journal_up)
+        keeper = self.slices
+        if keeper is not None:
+            self.health.watch_slices(keeper.owned_count)
         self.telemetry.watch_requests(
             dropped=lambda: self.dropped, coalesced=lambda: self.coalesced
         )
@@ -202,6 +218,12 @@ class Instance:
         The hot path of a flood: the counts are plain ints, which the telemetry
         reads at export time.
         """
+        if self.slices is not None and self.slices.held_elsewhere(run_id):
+            # Another live daemon serves the run's slice: it gets the hint instead.
+            if self.slices.forward(run_id):
+                return "queued"
+            self.dropped += 1
+            return "dropped"
         status = self.mailbox.offer(run_id, lease)
         if status == "coalesced":
             self.coalesced += 1
@@ -212,6 +234,11 @@ class Instance:
     def trigger(self, run_id: str) -> None:
         """An internal check of ``run_id`` (sweep, append notification); never blocks."""
         self.mailbox.offer_internal(run_id)
+
+    def notified(self, run_id: str) -> None:
+        """An append notification (or a forwarded hint): checked when the slice is ours."""
+        if self.slices is None or self.slices.owns(run_id):
+            self.mailbox.offer_internal(run_id)
 
     def request_sweep(self) -> None:
         """Ask the sweep to look for due runs now (after missed append notifications).
@@ -228,6 +255,13 @@ class Instance:
             self._sweep_wanted = anyio.Event()
             return True
         return False
+
+    def journal_reconnected(self) -> None:
+        """The journal's notification connection is back after a loss: count the
+        reconnect, and sweep for the appends it may have missed."""
+        self.health.reconnected()
+        self.journal_answers = True
+        self.request_sweep()
 
     def stop_intake(self) -> None:
         """Close the mailbox: queued requests are discarded (hints; sweeps recover them)."""
@@ -249,19 +283,34 @@ class Instance:
             )
 
     async def snapshot_now(
-        self, run_id: str, *, lease: str | None, force: bool, kind: SnapshotKind
+        self,
+        run_id: str,
+        *,
+        lease: str | None,
+        force: bool,
+        kind: SnapshotKind,
+        label: str | None = None,
     ) -> dict[str, Any]:
         """The ``snapshot_now`` op: an attempt right away, serialised with the actor's."""
         async with self.locks.hold(run_id):
-            outcome = await self._attempt(run_id, lease=lease, force=force, kind=kind, counted=True)
+            outcome = await self._attempt(
+                run_id, lease=lease, force=force, kind=kind, counted=True, label=label
+            )
         return outcome.result()
 
     async def _attempt(
-        self, run_id: str, *, lease: str | None, force: bool, kind: SnapshotKind, counted: bool
+        self,
+        run_id: str,
+        *,
+        lease: str | None,
+        force: bool,
+        kind: SnapshotKind,
+        counted: bool,
+        label: str | None = None,
     ) -> Outcome:
         started = time.perf_counter()
         with self.telemetry.snapshot_span(run_id) as span:
-            outcome = await attempt(self, run_id, lease=lease, force=force, kind=kind)
+            outcome = await attempt(self, run_id, lease=lease, force=force, kind=kind, label=label)
             await schedule.record(self.journal, outcome, utcnow())
             await self._record(span, run_id, kind, outcome, time.perf_counter() - started, counted)
         return outcome
@@ -299,6 +348,7 @@ class Instance:
                 through_seq=meta.through_seq,
                 size_bytes=meta.size_bytes,
                 snapshot_kind=kind,
+                **({} if meta.label is None else {"label": meta.label}),
             )
             return
         reason = outcome.reason
@@ -314,20 +364,22 @@ class Instance:
             duration_s=duration_s,
             error=outcome.error,
             through_seq=outcome.through_seq,
+            details=outcome.details,
         )
         if reason not in UNAUDITED_REASONS:
-            fields: dict[str, Any] = {"run_id": run_id, "reason": reason}
+            fields: dict[str, Any] = {"run_id": run_id, "reason": reason, **(outcome.details or {})}
             if outcome.error is not None:
                 fields["error"] = f"{type(outcome.error).__name__}: {outcome.error}"
             await self.record_audit("snapshot_skipped", **fields)
 
     def task_crashed(self, task: str) -> None:
-        """Account for a crashed loop; the actor's Job in flight ends as ``internal``."""
+        """Account for a crashed loop; the actor's Jobs in flight end as ``internal``."""
         if task == "actor":
-            job, self.in_flight = self.in_flight, None
-            if job is not None and job.requested:
-                self.skipped["internal"] += 1
-                self.telemetry.attempt_lost()
+            jobs, self.in_flight = self.in_flight, {}
+            for job in jobs.values():
+                if job.requested:
+                    self.skipped["internal"] += 1
+                    self.telemetry.attempt_lost()
         self.restarts += 1
         self.telemetry.restarted()
 
@@ -348,98 +400,24 @@ class Instance:
     # --- reads ----------------------------------------------------------------------
 
     @_reports_corrupt_run
-    async def load(self, run_id: str, *, after_seq: int | None, limit: int) -> dict[str, Any]:
-        """The ``load`` op: newest valid compatible snapshot + a page of events after it.
-
-        Raises NotFound for an unknown run; damaged snapshots are skipped and reported.
-        """
-        run = await self.journal.get_run(run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found")
-        snapshot = None
-        start = after_seq or 0
-        if after_seq is None:
-            metas = compatible(run, await self.journal.list_snapshots(run_id))
-            await report_damaged(self.journal, run_id, self.reporter)
-            candidates = drop_known_corrupt(run_id, metas, self.reporter)
-            snapshot = await newest_valid(self.journal, run, candidates, self.reporter)
-            start = 0 if snapshot is None else snapshot.meta.through_seq
-        page = await self.journal.read_event_page(run_id, start, limit)
-        return {
-            "run": {
-                "run_id": run.run_id,
-                "workflow": run.workflow,
-                "version": run.version,
-                "lease": run.lease,
-                "last_seq": run.last_seq,
-                "created_at": run.created_at,
-            },
-            "snapshot": None
-            if snapshot is None
-            else {
-                "snapshot_id": snapshot.meta.snapshot_id,
-                "through_seq": snapshot.meta.through_seq,
-                "version": snapshot.meta.version,
-                "state": state_fragment(snapshot),
-                "created_at": snapshot.meta.created_at,
-            },
-            "events": [orjson.Fragment(raw) for raw in page.events],
-            "next_after": page.last_seq,
-            "has_more": page.has_more,
-        }
+    async def load(
+        self, run_id: str, *, after_seq: int | None, limit: int, snapshot_id: str | None = None
+    ) -> dict[str, Any]:
+        """The ``load`` op (see ``reads.load``)."""
+        return await reads.load(
+            self, run_id, after_seq=after_seq, limit=limit, snapshot_id=snapshot_id
+        )
 
     @_reports_corrupt_run
     async def verify(self, run_id: str) -> dict[str, Any]:
-        """The ``verify`` op: checksum every snapshot, refold current-version ones.
+        """The ``verify`` op (see ``reads.verify``)."""
+        return await reads.verify(self, run_id)
 
-        ``drift`` lists current-version snapshots whose state differs from folding
-        the run's events up to ``through_seq`` with the workflow's current reducer.
-        """
-        run = await self.journal.get_run(run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found")
-        corrupt = await report_damaged(self.journal, run_id, self.reporter)
-        checked = len(corrupt)
-        current: list[tuple[int, str, Any]] = []
-        for meta in await self.journal.list_snapshots(run_id):
-            try:
-                snapshot = await self.journal.read_snapshot(run_id, meta.snapshot_id)
-                state = compaction.decode_state(snapshot)
-            except NotFound:
-                continue
-            except Corrupt as exc:
-                checked += 1
-                corrupt.append(meta.snapshot_id)
-                await self.reporter.report(run_id, meta.snapshot_id, exc)
-                continue
-            checked += 1
-            if meta.version == run.version and meta.through_seq <= run.last_seq:
-                current.append((meta.through_seq, meta.snapshot_id, state))
-        drift = await self._drift(run.run_id, run.workflow, current)
-        return {"checked": checked, "corrupt": corrupt, "drift": drift}
-
-    async def _drift(
-        self, run_id: str, workflow: str, stored: list[tuple[int, str, Any]]
-    ) -> list[str]:
-        if not stored:
-            return []
-        stored.sort(key=lambda item: item[0])
-        events = await self.journal.read_events(run_id, 0, stored[-1][0])
-        reducer = self.reducer_for(workflow)
-        drift: list[str] = []
-        state: Any = None
-        folded = 0
-        for index, (through_seq, snapshot_id, expected) in enumerate(stored):
-            try:
-                state = fold(reducer, state, events[folded:through_seq])
-                normalised = orjson.loads(compaction.encode_state(state))
-            except (ReducerError, TypeError):
-                drift.extend(sid for _, sid, _ in stored[index:])
-                break
-            folded = through_seq
-            if normalised != expected:
-                drift.append(snapshot_id)
-        return drift
+    async def list_runs(
+        self, *, after: str | None, limit: int, workflow: str | None
+    ) -> dict[str, Any]:
+        """The ``list_runs`` op (see ``reads.list_runs``)."""
+        return await reads.list_runs(self, after=after, limit=limit, workflow=workflow)
 
     async def audit(self, cursor: int, limit: int) -> dict[str, Any]:
         """The ``audit`` op: entries after ``cursor``, oldest first."""
@@ -452,7 +430,14 @@ class Instance:
         }
 
     async def record_audit(self, kind: str, **fields: Any) -> None:
-        """Append to the audit log, best effort: a journal failure is logged, never raised."""
+        """Append to the audit log, best effort: a journal failure is logged, never raised.
+
+        A journal that batches audit writes gets the entry queued (written within
+        ~1 s by its writer task), so an attempt never waits for the audit log.
+        """
+        if isinstance(self.journal, QueuesAudit):
+            self.journal.queue_audit(kind, fields, utcnow())
+            return
         try:
             await self.journal.append_audit(kind, fields, utcnow())
         except (SnapshotdError, OSError, TypeError) as exc:
@@ -482,4 +467,16 @@ class Instance:
             "dropped": self.dropped,
             "coalesced": self.coalesced,
             "restarts": self.restarts,
+            "journal_up": self.journal_up,
+            "slices": None
+            if self.slices is None
+            else {"owned": self.slices.owned_count(), "total": SLICES},
         }
+
+    @property
+    def journal_up(self) -> bool:
+        """The journal's own probe when it has one, else whether it answered the last
+        snapshot attempt."""
+        if isinstance(self.journal, KeepsConnected):
+            return self.journal.up
+        return self.journal_answers

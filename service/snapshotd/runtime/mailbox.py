@@ -4,6 +4,11 @@ It sits behind the socket reader's hot path (hundreds of thousands of ``snapshot
 requests per second), so ``offer`` is a dict lookup and a deque append: it never
 awaits, never creates a task, and only touches an Event when the actor sleeps.
 
+Runs in flight: the actor runs several attempts at once, never two of one run. A
+Job whose run is still in flight when it reaches the head is parked (still pending,
+so requests keep coalescing into it) and returns to the head when ``done`` releases
+the run: each run's attempts keep the order of their requests.
+
 Coalescing and leases: the pending entry keeps the newest lease a request gave,
 unless some coalesced request gave none, in which case the attempt checks no lease
 at all (a request without lease asks for an unchecked attempt; widening the merged
@@ -41,18 +46,24 @@ class Job:
 
 
 class Mailbox:
-    """Bounded FIFO of Jobs with at most one pending Job per run."""
+    """Bounded FIFO of Jobs with at most one pending Job per run.
+
+    ``get`` hands out a run only while no Job of it is in flight; ``done`` ends it.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._order: deque[str] = deque()
         self._pending: dict[str, Job] = {}
+        self._running: set[str] = set()
+        self._parked: set[str] = set()
+        """Pending runs that reached the head while in flight, waiting for ``done``."""
         self._wakeup: anyio.Event | None = None
         self._closed = False
         self._closed_event: anyio.Event | None = None
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._pending)
 
     @property
     def closed(self) -> bool:
@@ -80,7 +91,7 @@ class Mailbox:
                 job.unchecked = True
             job.lease = lease if lease is not None else job.lease
             return "coalesced"
-        if self._closed or len(self._order) >= self.capacity:
+        if self._closed or len(self._pending) >= self.capacity:
             return "dropped"
         self._push(Job(run_id, lease, requested=True, unchecked=lease is None))
         return "queued"
@@ -89,7 +100,7 @@ class Mailbox:
         """Queue a check that is not a request (sweep, notification); False if full."""
         if run_id in self._pending:
             return True
-        if self._closed or len(self._order) >= self.capacity:
+        if self._closed or len(self._pending) >= self.capacity:
             return False
         self._push(Job(run_id, None, requested=False, unchecked=True))
         return True
@@ -97,31 +108,48 @@ class Mailbox:
     def _push(self, job: Job) -> None:
         self._pending[job.run_id] = job
         self._order.append(job.run_id)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
             self._wakeup = None
 
     async def get(self) -> Job:
-        """The oldest Job; raises MailboxClosed once closed (queued Jobs are discarded)."""
-        while not self._order:
+        """The oldest Job whose run is not in flight, now in flight until ``done``.
+
+        Raises MailboxClosed once closed (queued Jobs are discarded).
+        """
+        while True:
             if self._closed:
                 raise MailboxClosed
+            while self._order:
+                run_id = self._order.popleft()
+                if run_id in self._running:
+                    self._parked.add(run_id)
+                    continue
+                self._running.add(run_id)
+                return self._pending.pop(run_id)
             if self._wakeup is None:
                 self._wakeup = anyio.Event()
             await self._wakeup.wait()
-        if self._closed:
-            raise MailboxClosed
-        return self._pending.pop(self._order.popleft())
+
+    def done(self, run_id: str) -> None:
+        """The attempt of ``run_id`` that ``get`` handed out ended (or was abandoned)."""
+        self._running.discard(run_id)
+        if run_id in self._parked:
+            self._parked.discard(run_id)
+            self._order.appendleft(run_id)
+            self._wake()
 
     def close(self) -> list[Job]:
         """Stop intake, wake the waiting actor, and return the discarded Jobs."""
         self._closed = True
-        discarded = [self._pending[run_id] for run_id in self._order]
+        discarded = list(self._pending.values())
         self._order.clear()
         self._pending.clear()
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        self._parked.clear()
+        self._wake()
         if self._closed_event is not None:
             self._closed_event.set()
         return discarded

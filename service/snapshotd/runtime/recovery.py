@@ -18,8 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 import structlog
 
-from snapshotd.domain import compaction
-from snapshotd.domain.errors import Corrupt, NotFound
+from snapshotd.domain.errors import Corrupt
 from snapshotd.domain.model import Run, Snapshot, SnapshotMeta
 from snapshotd.journals.base import HoldsDamagedSnapshots, Journal
 
@@ -90,30 +89,6 @@ def compatible(run: Run, metas: Sequence[SnapshotMeta]) -> list[SnapshotMeta]:
     the base and the tail count always describe the same moment.
     """
     return [m for m in metas if m.version == run.version and m.through_seq <= run.last_seq]
-
-
-async def newest_valid(
-    journal: Journal,
-    run: Run,
-    candidates: Sequence[SnapshotMeta],
-    reporter: CorruptionReporter,
-) -> Snapshot | None:
-    """The first of ``candidates`` (newest first) that reads and verifies, else None.
-
-    Raises what the journal raises except Corrupt for a single snapshot and
-    NotFound (deleted meanwhile by retention), which both move on to the next one.
-    """
-    for meta in candidates:
-        try:
-            snapshot = await journal.read_snapshot(run.run_id, meta.snapshot_id)
-            compaction.verify(snapshot)
-        except NotFound:
-            continue
-        except Corrupt as exc:
-            await reporter.report(run.run_id, meta.snapshot_id, exc)
-            continue
-        return snapshot
-    return None
 
 
 async def report_damaged(journal: Journal, run_id: str, reporter: CorruptionReporter) -> list[str]:

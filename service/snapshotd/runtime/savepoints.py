@@ -93,6 +93,29 @@ class SavepointService:
             raise NotFound(f"run {run_id!r} has no complete savepoint yet")
         return Loaded(schedule.workflow, latest)
 
+    async def resume(
+        self, run_id: str, upgrade: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    ) -> Loaded:
+        """Set every entity back to the resume point (``savepoints.resume_point``).
+
+        ``upgrade(workflow, states)`` turns the stored states into the ones the
+        application gets (and that become the entities' bases); it may run again when
+        another writer got there first. Durable when it returns. Raises NotFound
+        without a schedule.
+        """
+        resumed: list[Loaded] = []
+
+        def step(schedule: Schedule, _keep: int) -> tuple[Schedule, Progress]:
+            point = savepoints.resume_point(schedule)
+            states = (
+                point.entities if upgrade is None else upgrade(schedule.workflow, point.entities)
+            )
+            resumed.append(Loaded(schedule.workflow, Savepoint(point.timestamp_ms, states)))
+            return savepoints.resume(schedule, states), savepoints.NOTHING
+
+        await self._update(run_id, step)
+        return resumed[-1]
+
     async def _read(self, run_id: str) -> tuple[Schedule, int]:
         doc = await self._journal.get_document(NAMESPACE, run_id)
         if doc is None:

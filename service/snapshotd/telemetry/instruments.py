@@ -45,6 +45,27 @@ DURATION_BUCKETS_S = (
     10,
 )
 SIZE_BUCKETS_BY = tuple(float(4**n) for n in range(4, 12))  # 256 B ... 4 MiB
+REQUEST_BUCKETS_S = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 COUNT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)
 
 DURATION = _meter.create_histogram(
@@ -96,7 +117,24 @@ SAVEPOINTS_PRUNED = _meter.create_counter(
     description="Complete savepoints dropped by retention (keep_snapshots).",
 )
 
+REQUEST_DURATION = _meter.create_histogram(
+    "snapshotd.request.duration",
+    unit="s",
+    description=(
+        "From a complete request line read to its response written (fire-and-forget: to its"
+        " hand-off); one observation per op per chunk read."
+    ),
+    explicit_bucket_boundaries_advisory=list(REQUEST_BUCKETS_S),
+)
+CONNECTIONS_REFUSED = _meter.create_counter(
+    "snapshotd.connections.refused",
+    unit="{connection}",
+    description="Connections refused or closed by a limit, by reason.",
+)
+REFUSED_REASONS = ("max_connections", "uid_not_allowed", "idle_timeout", "buffer_limit")
+
 HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
+    "snapshotd.request.duration": REQUEST_BUCKETS_S,
     "snapshotd.snapshot.duration": DURATION_BUCKETS_S,
     "snapshotd.snapshot.size": SIZE_BUCKETS_BY,
     "snapshotd.snapshot.events": COUNT_BUCKETS,
@@ -182,6 +220,30 @@ COALESCED = _meter.create_observable_counter(
     unit="{request}",
     description="Snapshot requests merged into one already pending for the run.",
 )
+
+
+_connection_sources: dict[str, Callable[[], int]] = {}
+_meter.create_observable_gauge(
+    "snapshotd.connections",
+    callbacks=[_observe(_connection_sources)],
+    unit="{connection}",
+    description="Socket connections open now.",
+)
+
+
+def watch_connections(read: Callable[[], int]) -> None:
+    """Report ``read()`` as the open connections; zero every refusal reason's series.
+
+    ``read`` runs on the exporter thread: plain reads only. The connections belong
+    to no instance: their attribute ``snapshotd.instance`` is ``-``.
+    """
+    _connection_sources["-"] = read
+    for reason in REFUSED_REASONS:
+        CONNECTIONS_REFUSED.add(0, {INSTANCE: "-", "reason": reason})
+
+
+def connection_refused(reason: str) -> None:
+    CONNECTIONS_REFUSED.add(1, {INSTANCE: "-", "reason": reason})
 
 
 def _zero() -> int:
@@ -361,13 +423,19 @@ class InstanceTelemetry:
         duration_s: float,
         error: BaseException | None = None,
         through_seq: int | None = None,
+        details: dict[str, int] | None = None,
     ) -> None:
+        """``details`` (e.g. ``too_large``'s sizes) go to the log line as they are and
+        to the span under ``snapshotd.``."""
         self._skipped[reason] += 1
         DURATION.record(duration_s, self._outcome_attrs["skipped"])
-        if through_seq is None:
+        extra = details or {}
+        if through_seq is None and not extra:
             span.span.set_attributes(self._skipped_span_attrs[reason])
+        elif through_seq is None:
+            span.set(outcome="skipped", reason=reason, **extra)
         else:
-            span.set(outcome="skipped", reason=reason, through_seq=through_seq)
+            span.set(outcome="skipped", reason=reason, through_seq=through_seq, **extra)
         if error is not None:
             span.span.record_exception(error)
             span.span.set_status(Status(StatusCode.ERROR, str(error)))
@@ -381,6 +449,7 @@ class InstanceTelemetry:
             error=None if error is None else f"{type(error).__name__}: {error}",
             duration_s=round(duration_s, 6),
             trace_id=span.trace_id(),
+            **extra,
         )
 
 

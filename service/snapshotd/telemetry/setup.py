@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,13 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
@@ -148,11 +155,20 @@ def settings_from_env(env: Mapping[str, str]) -> OtlpSettings:
 
 
 def build_resource(service_version: str) -> Resource:
-    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` (default snapshotd)."""
+    """The resource: ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` (default snapshotd).
+
+    ``service.instance.id`` is ``HOSTNAME-PID`` unless ``OTEL_RESOURCE_ATTRIBUTES``
+    sets it (rather than a random id some SDK versions add): the Collector's Prometheus
+    exporter makes it the ``instance`` label, so two daemons never share a series and
+    an operator can tell which host a series comes from.
+    """
     detected = Resource.create()
     name = str(detected.attributes.get(SERVICE_NAME, ""))
     if name.startswith("unknown_service"):
         detected = detected.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if SERVICE_INSTANCE_ID not in OTELResourceDetector().detect().attributes:
+        instance_id = f"{socket.gethostname()}-{os.getpid()}"
+        detected = detected.merge(Resource({SERVICE_INSTANCE_ID: instance_id}))
     return Resource({SERVICE_VERSION: service_version}).merge(detected)
 
 
@@ -196,11 +212,22 @@ def build_providers(
     return meter_provider, tracer_provider
 
 
-def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
-    # Exporters are imported on demand: the gRPC stack is slow to import and rarely used.
-    if settings.metrics_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+GRPC_MISSING = (
+    "OTEL_EXPORTER_OTLP_PROTOCOL: grpc needs the gRPC exporter, which is not installed: "
+    "pip install 'snapshotd[grpc]' (or use http/protobuf)"
+)
 
+
+def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
+    # Exporters are imported on demand: the gRPC stack is slow to import, rarely used,
+    # and an optional extra.
+    if settings.metrics_protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+        except ImportError:
+            raise ConfigError(GRPC_MISSING) from None
         return OTLPMetricExporter(endpoint=endpoint, timeout=settings.timeout_s)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
@@ -211,8 +238,10 @@ def _metric_exporter(settings: OtlpSettings, endpoint: str) -> MetricExporter:
 
 def _span_exporter(settings: OtlpSettings, endpoint: str) -> SpanExporter:
     if settings.traces_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ConfigError(GRPC_MISSING) from None
         return OTLPSpanExporter(endpoint=endpoint, timeout=settings.timeout_s)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,

@@ -25,27 +25,35 @@ from snapshotd.domain.errors import (
     Superseded,
     Unavailable,
 )
-from snapshotd.domain.model import DuePoint, Event, NewEvent, Run, Snapshot, SnapshotMeta
-from snapshotd.journals.base import FIRST_RETRY_S, UNSET, DueRun, EventPage, _Unset
+from snapshotd.domain.model import (
+    DuePoint,
+    Event,
+    NewEvent,
+    Run,
+    RunSummary,
+    Snapshot,
+    SnapshotMeta,
+)
+from snapshotd.journals.base import FIRST_RETRY_S, UNSET, DueRun, EventPage, _Unset, kept_bases
 from snapshotd.journals.fs import sweeps
 from snapshotd.journals.fs.cache import RunCache, RunFiles
 from snapshotd.journals.fs.codec import (
     SNAPSHOT_ID,
     decode_events,
     entry_name,
-    parse_meta,
     run_json,
 )
 from snapshotd.journals.fs.files import Root
 from snapshotd.journals.fs.index import DueIndex
 from snapshotd.journals.fs.layout import open_root, scan_runs
+from snapshotd.journals.fs.listing import LISTING_BATCH, summary, workflows_of
 from snapshotd.journals.fs.log import JsonlLog
 from snapshotd.journals.fs.runs import (
     append_events,
     create_run_dir,
     delete_snapshots,
     load_run,
-    read_snapshot,
+    read_snapshots,
     store_snapshot,
 )
 from snapshotd.journals.fs.shared import SharedFiles, unavailable
@@ -232,6 +240,44 @@ class FsJournal(SharedFiles):
         start = 0 if after is None else bisect.bisect_right(self._run_ids, after)
         return self._run_ids[start : start + max(limit, 0)]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        root, _ = self._opened()
+        page: list[RunSummary] = []
+        cursor = after
+        while len(page) < limit:
+            # Bisect again after every await: create_run may insert meanwhile.
+            start = 0 if cursor is None else bisect.bisect_right(self._run_ids, cursor)
+            batch = self._run_ids[start : start + max(limit - len(page), LISTING_BATCH)]
+            if not batch:
+                break
+            cursor = batch[-1]
+            if workflow is not None:
+                batch = await self._of_workflow(root, batch, workflow)
+            for run_id in batch:
+                try:
+                    files = await self._files(run_id)
+                except (NotFound, Corrupt):
+                    continue
+                row = summary(files)
+                if row is not None and (workflow is None or row.workflow == workflow):
+                    page.append(row)
+                    if len(page) == limit:
+                        break
+        return page
+
+    async def _of_workflow(self, root: Root, run_ids: list[str], workflow: str) -> list[str]:
+        """The runs that may be of ``workflow``: uncached ones are passed over by their
+        ``run.json`` alone, all read in one worker thread; cached ones are kept."""
+        uncached = [run_id for run_id in run_ids if self._runs.get(run_id) is None]
+        if not uncached:
+            return run_ids
+        found = dict(
+            zip(uncached, await self._io(partial(workflows_of, root, uncached)), strict=True)
+        )
+        return [run_id for run_id in run_ids if found.get(run_id, workflow) == workflow]
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -297,24 +343,28 @@ class FsJournal(SharedFiles):
         files = await self._files(run_id)
         return dict(files.damaged)
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        files = await self._files(run_id)
+        return files.links()
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
         files = await self._files(run_id)
-        if snapshot_id not in files.snapshots:
+        listed = files.snapshots.get(snapshot_id)
+        if listed is None or listed.retired:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return await self.read_link(run_id, snapshot_id)
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
+        (link,) = await self.read_links(run_id, [snapshot_id])
+        return link
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        files = await self._files(run_id)
+        for snapshot_id in snapshot_ids:
+            if snapshot_id not in files.snapshots:
+                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
         root, _ = self._opened()
-        path = root.join(*files.snapshot_parts(snapshot_id))
-
-        def read() -> Snapshot:
-            try:
-                data = read_snapshot(root, files, snapshot_id)
-            except FileNotFoundError:
-                raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
-            head, newline, payload = data.partition(b"\n")
-            if not newline:
-                raise Corrupt(f"{path}: no metadata line")
-            return Snapshot(parse_meta(path, head, run_id, snapshot_id), payload)
-
-        return await self._io(read)
+        return await self._io(partial(read_snapshots, root, files, list(snapshot_ids)))
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         meta = snapshot.meta
@@ -324,12 +374,15 @@ class FsJournal(SharedFiles):
         async with files.lock:
             if lease is not None and files.run.lease is not None and lease != files.run.lease:
                 raise StaleLease(f"run {meta.run_id!r} is leased to another owner")
+            if meta.base_id is not None and meta.base_id not in files.snapshots:
+                raise Superseded(f"run {meta.run_id!r}: base link {meta.base_id} is gone")
             if meta.kind != "safety":
                 for other in files.snapshots.values():
                     if (
                         other.kind != "safety"
                         and other.version == meta.version
                         and other.through_seq >= meta.through_seq
+                        and not other.retired
                     ):
                         raise Superseded(
                             f"run {meta.run_id!r} already has a snapshot through seq "
@@ -341,13 +394,33 @@ class FsJournal(SharedFiles):
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
         files = await self._files(run_id)
         async with files.lock:
-            doomed = [sid for sid in dict.fromkeys(snapshot_ids) if sid in files.snapshots]
+            doomed = [
+                sid
+                for sid in kept_bases(files.snapshots.values(), snapshot_ids)
+                if sid in files.snapshots
+            ]
             if not doomed:
                 return 0
             root, _ = self._opened()
             return await self._io(
                 self._indexed(files, partial(delete_snapshots, root, files, doomed))
             )
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        files = await self._files(run_id)
+        retired = 0
+        async with files.lock:
+            root, _ = self._opened()
+            for snapshot_id in dict.fromkeys(snapshot_ids):
+                listed = files.snapshots.get(snapshot_id)
+                if listed is None or listed.retired:
+                    continue
+                (link,) = await self._io(partial(read_snapshots, root, files, [snapshot_id]))
+                meta = replace(link.meta, retired=True, pinned=False)
+                store = partial(store_snapshot, root, files, Snapshot(meta, link.payload))
+                await self._io(self._indexed(files, store))
+                retired += 1
+        return retired
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
         files = await self._files(run_id)
@@ -369,14 +442,21 @@ class FsJournal(SharedFiles):
 
     # sweep schedule (SchedulesSweeps) ----------------------------------------
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
         """From the index, in a worker thread: no run is read."""
         _, index = self._opened()
         start = None if after is None else (after.due_at.timestamp(), after.run_id)
         retry = {run_id: at for run_id, (_, at) in self._backoff.items()}
+        wanted = None if slices is None else frozenset(slices)
 
         def find() -> list[DueRun]:
-            found = index.due(now.timestamp(), limit, start, retry)
+            found = index.due(now.timestamp(), limit, start, retry, wanted)
             return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
 
         return await self._io(find)

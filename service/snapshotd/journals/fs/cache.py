@@ -49,7 +49,7 @@ class RunFiles:
         """The newest snapshot of the run's current version."""
         version = self.run.version
         return max(
-            (m for m in self.snapshots.values() if m.version == version),
+            (m for m in self.snapshots.values() if m.version == version and not m.retired),
             key=SnapshotMeta.order_key,
             default=None,
         )
@@ -79,7 +79,11 @@ class RunFiles:
         return math.nan
 
     def listed(self) -> list[SnapshotMeta]:
-        """The snapshots newest first, sorted once per replacement of ``snapshots``."""
+        """The snapshots newest first, retired links left out."""
+        return [m for m in self.links() if not m.retired]
+
+    def links(self) -> list[SnapshotMeta]:
+        """Every snapshot file newest first, sorted once per replacement of ``snapshots``."""
         snapshots = self.snapshots
         if self._listed_from is not snapshots:
             self._listed = newest_first(snapshots.values())

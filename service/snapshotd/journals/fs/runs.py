@@ -14,7 +14,7 @@ from datetime import datetime
 
 import orjson
 
-from snapshotd.domain.errors import Corrupt
+from snapshotd.domain.errors import Corrupt, NotFound
 from snapshotd.domain.model import NewEvent, Run, Snapshot, SnapshotMeta
 from snapshotd.journals import records
 from snapshotd.journals.base import Document
@@ -159,14 +159,27 @@ def append_events(log: JsonlLog, events: Sequence[NewEvent], now: datetime) -> i
     return log.append(lines)
 
 
-def read_snapshot(root: Root, files: RunFiles, snapshot_id: str) -> bytes:
-    """The snapshot file's bytes; FileNotFoundError when it is gone."""
-    return root.read(*files.snapshot_parts(snapshot_id))
+def read_snapshots(root: Root, files: RunFiles, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+    """Snapshot files as stored (metadata line + payload); NotFound when one is gone."""
+    run_id = files.run.run_id
+    found: list[Snapshot] = []
+    for snapshot_id in snapshot_ids:
+        parts = files.snapshot_parts(snapshot_id)
+        try:
+            data = root.read(*parts)
+        except FileNotFoundError:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found") from None
+        path = root.join(*parts)
+        head, newline, payload = data.partition(b"\n")
+        if not newline:
+            raise Corrupt(f"{path}: no metadata line")
+        found.append(Snapshot(parse_meta(path, head, run_id, snapshot_id), payload))
+    return found
 
 
 def store_snapshot(root: Root, files: RunFiles, snapshot: Snapshot) -> None:
     meta = snapshot.meta
-    data = records.dumps(meta.to_json()) + b"\n" + snapshot.payload
+    data = records.dumps(records.meta_record(meta)) + b"\n" + snapshot.payload
     with root.directory(files.name, "snapshots") as directory:
         root.atomic_write(directory, meta.snapshot_id + SNAP_SUFFIX, data)
     files.snapshots = {**files.snapshots, meta.snapshot_id: meta}

@@ -10,9 +10,8 @@ page into one JSON array and decodes it with a single orjson call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
-from hashlib import md5
+from contextlib import AbstractContextManager, suppress
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,12 +21,9 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import (
-    Busy,
     Conflict,
-    Corrupt,
     NotFound,
-    StaleLease,
-    Superseded,
+    SnapshotdError,
     Unavailable,
 )
 from snapshotd.domain.model import (
@@ -36,35 +32,31 @@ from snapshotd.domain.model import (
     Event,
     NewEvent,
     Run,
+    RunSummary,
     Snapshot,
     SnapshotMeta,
 )
 from snapshotd.journals.base import FIRST_RETRY_S, UNSET, Document, DueRun, EventPage, _Unset
 from snapshotd.journals.migrate import (
-    MigrationError,
     PgTarget,
-    applied_migrations,
-    check_known,
-    load_migrations,
-    migrate_target,
     parse_dsn,
 )
+from snapshotd.journals.postgres.audit import AuditBatches
 from snapshotd.journals.postgres.errors import commit_errors, wrap_errors
 from snapshotd.journals.postgres.listener import Listener
+from snapshotd.journals.postgres.pool import PoolKeeper
 from snapshotd.journals.postgres.queries import Queries
-from snapshotd.journals.postgres.rows import decode_events, meta
+from snapshotd.journals.postgres.rows import checked_bodies, decode_events, meta, summary
+from snapshotd.journals.postgres.slices import PgSliceStore
+from snapshotd.journals.postgres.snapshots import write_locked
 from snapshotd.journals.records import dumps
 
 if TYPE_CHECKING:
     from snapshotd.journals.migrate import Conn
 
-_APP_NAME = "snapshotd"
 
 _MIN_TIME = datetime.min.replace(tzinfo=UTC)
 """Below every due time: the keyset start of a sweep from the oldest due run."""
-
-_TICK = timedelta(microseconds=1)
-"""The resolution of timestamptz: the smallest step that keeps created_at increasing."""
 
 
 class PostgresJournal:
@@ -74,6 +66,7 @@ class PostgresJournal:
         self,
         url: str,
         *,
+        listen_dsn: str | None = None,
         pool_max_size: int = 10,
         command_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
@@ -82,16 +75,28 @@ class PostgresJournal:
     ) -> None:
         self._target: PgTarget = parse_dsn(url)
         self._q = Queries(self._target.quoted_schema)
-        self._pool_max_size = pool_max_size
-        self._command_timeout_s = command_timeout_s
-        self._connect_timeout_s = connect_timeout_s
+        self._keeper = PoolKeeper(
+            self._target,
+            self._errors,
+            pool_max_size=pool_max_size,
+            command_timeout_s=command_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            backoff_s=backoff_s,
+        )
         self._listener = Listener(
             self._target,
+            listen_dsn=listen_dsn,
             connect_timeout_s=connect_timeout_s,
             keepalive_s=keepalive_s,
             backoff_s=backoff_s,
         )
-        self._pool: asyncpg.Pool | None = None
+        self._audit = AuditBatches(lambda: self._p, self._q, self._errors)
+        self._slices = PgSliceStore(self._target, lambda: self._p)
+
+    @property
+    def slice_store(self) -> PgSliceStore:
+        """Leases on the slices, for daemons sharing this database (``DividesSlices``)."""
+        return self._slices
 
     @property
     def description(self) -> str:
@@ -101,60 +106,39 @@ class PostgresJournal:
     def schema(self) -> str:
         return self._target.schema
 
-    async def open(self) -> None:
-        """Create the pool; migrate a fresh schema, refuse one that is behind or unknown.
+    @property
+    def up(self) -> bool:
+        return self._keeper.up
 
-        A schema that is behind is left for ``snapshotd migrate``, so that a rolling
-        deploy never changes a schema under daemons of the older version.
-        """
-        if self._pool is not None:
-            return
-        known = load_migrations()
-        with self._errors("open"):
-            pool = await asyncpg.create_pool(
-                self._target.dsn,
-                min_size=1,
-                max_size=self._pool_max_size,
-                timeout=self._connect_timeout_s,
-                command_timeout=self._command_timeout_s,
-                server_settings={"application_name": _APP_NAME},
-            )
-        try:
-            with self._errors("open"):
-                async with pool.acquire() as conn:
-                    applied = await applied_migrations(conn, self._target)
-            if not applied:
-                await migrate_target(self._target)
-            else:
-                pending = check_known(applied, known, self._target)
-                if pending:
-                    raise MigrationError(
-                        f"schema {self._target.schema!r} of {self.description} needs migrations "
-                        f"{', '.join(m.name for m in pending)}: run `snapshotd migrate --dsn ...`"
-                    )
-        except BaseException:
-            with anyio.move_on_after(5, shield=True):
-                await pool.close()
-            raise
-        self._pool = pool
+    async def open(self) -> None:
+        """Open the pool, or leave it to ``keep_connected`` while the database is
+        unreachable (operations answer Unavailable meanwhile). Raises ConfigError for a
+        schema this version cannot use (see ``PoolKeeper.connect``)."""
+        await self._keeper.open()
+
+    async def keep_connected(
+        self,
+        on_reconnect: Callable[[], None],
+        *,
+        task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
+    ) -> None:
+        await self._keeper.keep(on_reconnect, task_status=task_status)
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        with anyio.move_on_after(5, shield=True) as scope:
-            await pool.close()
-        if scope.cancelled_caught:
-            pool.terminate()
+        if self._keeper.pool is not None:
+            with anyio.move_on_after(2, shield=True), suppress(SnapshotdError):
+                await self._audit.flush()
+        await self._keeper.close()
 
     def _errors(self, what: str) -> AbstractContextManager[None]:
         return wrap_errors(f"postgresql journal {self.description}: {what}")
 
     @property
     def _p(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise Unavailable(f"postgresql journal {self.description} is not open")
-        return self._pool
+        pool = self._keeper.pool
+        if pool is None:
+            raise Unavailable(f"postgresql journal {self.description} is not open (yet)")
+        return pool
 
     # runs -----------------------------------------------------------------
 
@@ -215,6 +199,19 @@ class PostgresJournal:
             rows = await self._p.fetch(self._q.list_runs, after, limit)
         return [row[0] for row in rows]
 
+    async def run_summaries(
+        self, after: str | None, limit: int, workflow: str | None
+    ) -> list[RunSummary]:
+        # run_id is COLLATE "C": '' sorts before every id, and the order is UTF-8's.
+        with self._errors("run_summaries"):
+            if workflow is None:
+                rows = await self._p.fetch(self._q.run_summaries, after or "", limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.workflow_run_summaries, after or "", limit, workflow
+                )
+        return [summary(row) for row in rows]
+
     # events ---------------------------------------------------------------
 
     async def append(
@@ -249,23 +246,12 @@ class PostgresJournal:
                     await self._require_run(conn, run_id)
         return rows
 
-    def _checked(self, run_id: str, after_seq: int, rows: list[Any]) -> list[bytes]:
-        """The bodies when every one matches its checksum; Corrupt naming the first
-        that does not (its seq: the run's seqs are contiguous)."""
-        bodies: list[bytes] = [row[0] for row in rows]
-        sums = [md5(body, usedforsecurity=False).digest() for body in bodies]
-        if sums != [row[1] for row in rows]:
-            bad = next(i for i, row in enumerate(rows) if sums[i] != row[1])
-            raise Corrupt(
-                f"events row (run_id={run_id!r}, seq={max(after_seq, 0) + bad + 1}) of "
-                f"{self.description} does not match its checksum"
-            )
-        return bodies
-
     async def read_events(
         self, run_id: str, after_seq: int, limit: int | None = None
     ) -> list[Event]:
-        bodies = self._checked(run_id, after_seq, await self._bodies(run_id, after_seq, limit))
+        bodies = checked_bodies(
+            self.description, run_id, after_seq, await self._bodies(run_id, after_seq, limit)
+        )
         return decode_events(run_id, bodies, max(after_seq, 0))
 
     async def read_event_page(self, run_id: str, after_seq: int, limit: int) -> EventPage:
@@ -274,7 +260,9 @@ class PostgresJournal:
         if has_more:
             del bodies[limit:]
         last = max(after_seq, 0) + len(bodies) if bodies else after_seq
-        return EventPage(self._checked(run_id, after_seq, bodies), last, has_more)
+        return EventPage(
+            checked_bodies(self.description, run_id, after_seq, bodies), last, has_more
+        )
 
     # snapshots ------------------------------------------------------------
 
@@ -286,12 +274,35 @@ class PostgresJournal:
                     await self._require_run(conn, run_id)
         return [meta(row) for row in rows]
 
+    async def list_links(self, run_id: str) -> list[SnapshotMeta]:
+        with self._errors("list_links"):
+            async with self._p.acquire() as conn:
+                rows = await conn.fetch(self._q.list_links, run_id)
+                if not rows:
+                    await self._require_run(conn, run_id)
+        return [meta(row) for row in rows]
+
     async def read_snapshot(self, run_id: str, snapshot_id: str) -> Snapshot:
+        snapshot = await self.read_link(run_id, snapshot_id)
+        if snapshot.meta.retired:
+            raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
+        return snapshot
+
+    async def read_link(self, run_id: str, snapshot_id: str) -> Snapshot:
         with self._errors("read_snapshot"):
             row = await self._p.fetchrow(self._q.read_snapshot, run_id, snapshot_id)
         if row is None:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
         return Snapshot(meta(row), row["payload"])
+
+    async def read_links(self, run_id: str, snapshot_ids: Sequence[str]) -> list[Snapshot]:
+        with self._errors("read_links"):
+            rows = await self._p.fetch(self._q.read_links, run_id, list(snapshot_ids))
+        found = {row["snapshot_id"]: Snapshot(meta(row), row["payload"]) for row in rows}
+        missing = [sid for sid in snapshot_ids if sid not in found]
+        if missing:
+            raise NotFound(f"snapshot {missing[0]!r} of run {run_id!r} not found")
+        return [found[sid] for sid in snapshot_ids]
 
     async def write_snapshot(self, snapshot: Snapshot, *, lease: str | None) -> None:
         """One transaction holding the run's advisory xact lock (key in docs/postgres.md).
@@ -301,54 +312,23 @@ class PostgresJournal:
         earlier but written later) must not make ``created_at`` order disagree with
         ``through_seq`` order.
         """
-        m = snapshot.meta
-        created_at = m.created_at
         with self._errors("write_snapshot"):
             async with self._p.acquire() as conn, conn.transaction():
-                key = self._target.lock_key(f"run:{m.run_id}")
-                if not await conn.fetchval(self._q.try_run_lock, key):
-                    raise Busy(f"run {m.run_id!r} is being snapshotted by another daemon")
-                lease_row = await conn.fetchrow(self._q.run_lease, m.run_id)
-                if lease_row is None:
-                    raise NotFound(f"run {m.run_id!r} not found")
-                current = lease_row["lease"]
-                if lease is not None and current is not None and lease != current:
-                    raise StaleLease(f"run {m.run_id!r} is leased to another owner")
-                if m.kind != "safety":
-                    latest = await conn.fetchrow(self._q.latest_progress, m.run_id, m.version)
-                    if latest is not None:
-                        if latest["through_seq"] >= m.through_seq:
-                            raise Superseded(
-                                f"run {m.run_id!r} already has a snapshot through seq "
-                                f"{latest['through_seq']}"
-                            )
-                        created_at = max(created_at, latest["created_at"] + _TICK)
-                try:
-                    await conn.execute(
-                        self._q.insert_snapshot,
-                        m.snapshot_id,
-                        m.run_id,
-                        m.through_seq,
-                        m.version,
-                        m.reducer,
-                        m.format_version,
-                        m.size_bytes,
-                        m.checksum,
-                        m.kind,
-                        m.pinned,
-                        created_at,
-                        m.expires_at,
-                        snapshot.payload,
-                    )
-                except asyncpg.UniqueViolationError:
-                    raise Superseded(
-                        f"run {m.run_id!r}: snapshot {m.snapshot_id} or its through_seq "
-                        f"{m.through_seq} is already stored"
-                    ) from None
+                key = self._target.lock_key(f"run:{snapshot.meta.run_id}")
+                await write_locked(conn, self._q, key, snapshot, lease)
 
     async def delete_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        """Under the run's lock, so a link a concurrent write stores a delta on (it
+        holds the lock until it commits) is seen as needed and kept."""
         with self._errors("delete_snapshots"):
-            status = await self._p.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+            async with self._p.acquire() as conn, conn.transaction():
+                await conn.execute(self._q.lock, self._target.lock_key(f"run:{run_id}"))
+                status = await conn.execute(self._q.delete_snapshots, run_id, list(snapshot_ids))
+        return int(status.rpartition(" ")[2])
+
+    async def retire_snapshots(self, run_id: str, snapshot_ids: Sequence[str]) -> int:
+        with self._errors("retire_snapshots"):
+            status = await self._p.execute(self._q.retire_snapshots, run_id, list(snapshot_ids))
         return int(status.rpartition(" ")[2])
 
     async def set_pinned(self, run_id: str, snapshot_id: str, pinned: bool) -> None:
@@ -357,10 +337,22 @@ class PostgresJournal:
         if not done:
             raise NotFound(f"snapshot {snapshot_id!r} of run {run_id!r} not found")
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
+        """``slices``: only runs of these slices (None: every run)."""
         start = (_MIN_TIME, "") if after is None else (after.due_at, after.run_id)
         with self._errors("sweep_due"):
-            rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+            if slices is None:
+                rows = await self._p.fetch(self._q.sweep_due, now, *start, limit)
+            else:
+                rows = await self._p.fetch(
+                    self._q.sweep_due_slices, now, *start, limit, list(slices)
+                )
         return [DueRun(row[0], row[1]) for row in rows]
 
     async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
@@ -393,7 +385,8 @@ class PostgresJournal:
     # audit log ------------------------------------------------------------
 
     async def append_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> int:
-        """Serialised by an advisory xact lock so cursors become visible in order."""
+        """One entry at once, under the lock ``sequence_audit`` takes (migration 0004),
+        so its cursor too becomes visible in order. The daemon queues instead."""
         with self._errors("append_audit"):
             async with self._p.acquire() as conn, conn.transaction():
                 await conn.execute(self._q.lock, self._target.lock_key("audit"))
@@ -402,7 +395,23 @@ class PostgresJournal:
                 )
         return cursor
 
+    def queue_audit(self, kind: str, fields: dict[str, Any], now: datetime) -> None:
+        self._audit.queue(kind, fields, now)
+
+    async def write_queued_audit(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        await self._audit.write_forever(task_status=task_status)
+
+    async def prune_audit(self, cutoff: datetime, limit: int) -> int:
+        with self._errors("prune_audit"):
+            deleted: int = await self._p.fetchval(self._q.prune_audit, cutoff, limit)
+        return max(deleted, 0)
+
     async def read_audit(self, cursor: int, limit: int) -> list[AuditEntry]:
+        """Entries after ``cursor``; this daemon's queued entries are written first."""
+        with anyio.move_on_after(1):
+            await self._audit.flush(wait=True)
         with self._errors("read_audit"):
             rows = await self._p.fetch(self._q.read_audit, cursor, limit)
         return [AuditEntry(row[0], row[1], row[2], orjson.loads(row[3])) for row in rows]

@@ -1,4 +1,5 @@
-"""LISTEN for append notifications on a dedicated connection, reconnecting with backoff."""
+"""LISTEN for append notifications on a dedicated connection, reconnecting with
+jittered backoff (on a multi-host DSN, to whichever host accepts it now)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,29 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from snapshotd.domain.errors import Unavailable
-from snapshotd.journals.migrate import PgTarget
+from snapshotd.journals.migrate import PgTarget, parse_dsn
 from snapshotd.journals.postgres.errors import wrap_errors
+from snapshotd.journals.postgres.pool import jittered
 
 _LISTEN_APP_NAME = "snapshotd-listen"
 
 
 class Listener:
-    """Listens on ``target``'s channel (a pooled connection would lose it on release)."""
+    """Listens on ``target``'s channel (a pooled connection would lose it on release),
+    connecting to ``listen_dsn`` when given: behind a transaction-pooling pgbouncer
+    notifications never arrive, so LISTEN needs a direct connection."""
 
     def __init__(
         self,
         target: PgTarget,
         *,
+        listen_dsn: str | None = None,
         connect_timeout_s: float,
         keepalive_s: float,
         backoff_s: tuple[float, float],
     ) -> None:
         self._target = target
+        self._dsn = target.dsn if listen_dsn is None else parse_dsn(listen_dsn).dsn
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._backoff_s = backoff_s
@@ -69,7 +75,7 @@ class Listener:
                 task_status.started()
             if listened:
                 delay = self._backoff_s[0]
-            await anyio.sleep(delay)
+            await anyio.sleep(jittered(delay))
             delay = min(delay * 2, self._backoff_s[1])
 
     def _errors(self, what: str) -> AbstractContextManager[None]:
@@ -82,7 +88,7 @@ class Listener:
         lost = anyio.Event()
         with self._errors("listen"):
             conn = await asyncpg.connect(
-                self._target.dsn,
+                self._dsn,
                 timeout=self._connect_timeout_s,
                 server_settings={"application_name": _LISTEN_APP_NAME},
             )

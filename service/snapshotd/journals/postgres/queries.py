@@ -38,22 +38,32 @@ class Queries:
     set_version: str
     set_lease: str
     list_runs: str
+    run_summaries: str
+    workflow_run_summaries: str
     append: str
     event_bodies: str
     list_snapshots: str
+    list_links: str
     read_snapshot: str
+    read_links: str
     try_run_lock: str
     run_lease: str
     latest_progress: str
     insert_snapshot: str
+    lock_base: str
     delete_snapshots: str
+    retire_snapshots: str
     set_pinned: str
     due_runs: str
     sweep_due: str
+    sweep_due_slices: str
     set_due: str
     record_failure: str
     lock: str
     append_audit: str
+    queue_audit_batch: str
+    sequence_audit: str
+    prune_audit: str
     read_audit: str
     get_document: str
     insert_document: str

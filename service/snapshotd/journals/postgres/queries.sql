@@ -36,6 +36,32 @@ WHERE run_id = $1 AND ($3 OR lease IS NOT DISTINCT FROM $4) RETURNING true
 -- name: list_runs
 SELECT run_id FROM {schema}.runs WHERE run_id > coalesce($1, '') ORDER BY run_id LIMIT $2
 
+-- name: run_summaries
+-- One list_runs page: run_id is COLLATE "C" (byte order), served by the primary key.
+SELECT r.run_id, r.workflow, r.version, r.last_seq, newest.snapshot_id, newest.through_seq
+FROM {schema}.runs r
+LEFT JOIN LATERAL (
+    SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
+    WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+      AND NOT sn.retired
+    ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
+) newest ON true
+WHERE r.run_id > $1
+ORDER BY r.run_id LIMIT $2
+
+-- name: workflow_run_summaries
+-- The same page of one workflow, served by runs_workflow_run_id.
+SELECT r.run_id, r.workflow, r.version, r.last_seq, newest.snapshot_id, newest.through_seq
+FROM {schema}.runs r
+LEFT JOIN LATERAL (
+    SELECT sn.snapshot_id, sn.through_seq FROM {schema}.snapshots sn
+    WHERE sn.run_id = r.run_id AND sn.version = r.version AND sn.through_seq <= r.last_seq
+      AND NOT sn.retired
+    ORDER BY sn.through_seq DESC, sn.created_at DESC, sn.snapshot_id DESC LIMIT 1
+) newest ON true
+WHERE r.workflow = $3 AND r.run_id > $1
+ORDER BY r.run_id LIMIT $2
+
 -- name: append
 SELECT {schema}.append_encoded_events($1, $2, $3, $4, $5, $6)
 
@@ -45,14 +71,26 @@ SELECT body, body_md5 FROM {schema}.events WHERE run_id = $1 AND seq > $2 ORDER 
 
 -- name: list_snapshots
 SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
-       checksum, kind, pinned, created_at, expires_at
+       checksum, kind, pinned, created_at, expires_at, label, base_id, stored_bytes, retired
+FROM {schema}.snapshots WHERE run_id = $1 AND NOT retired
+ORDER BY through_seq DESC, created_at DESC, snapshot_id DESC
+
+-- name: list_links
+SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
+       checksum, kind, pinned, created_at, expires_at, label, base_id, stored_bytes, retired
 FROM {schema}.snapshots WHERE run_id = $1
 ORDER BY through_seq DESC, created_at DESC, snapshot_id DESC
 
 -- name: read_snapshot
 SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
-       checksum, kind, pinned, created_at, expires_at, payload
+       checksum, kind, pinned, created_at, expires_at, label, base_id, stored_bytes, retired,
+       payload
 FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = $2
+
+-- name: read_links
+SELECT snapshot_id, run_id, through_seq, version, reducer, format_version, size_bytes,
+       checksum, kind, pinned, created_at, expires_at, label, base_id, stored_bytes, retired, payload
+FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])
 
 -- name: try_run_lock
 SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))
@@ -67,21 +105,35 @@ ORDER BY through_seq DESC LIMIT 1
 
 -- name: insert_snapshot
 INSERT INTO {schema}.snapshots (snapshot_id, run_id, through_seq, version, reducer,
-    format_version, size_bytes, checksum, kind, pinned, created_at, expires_at, payload)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    format_version, size_bytes, checksum, kind, pinned, created_at, expires_at, label, payload,
+    base_id, stored_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+
+-- name: lock_base
+SELECT 1 FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = $2 FOR SHARE
 
 -- name: delete_snapshots
-DELETE FROM {schema}.snapshots WHERE run_id = $1 AND snapshot_id = ANY($2::text[])
+-- A link another surviving link is stored on stays (a writer may have just used it).
+DELETE FROM {schema}.snapshots s WHERE s.run_id = $1 AND s.snapshot_id = ANY($2::text[])
+  AND NOT EXISTS (
+    SELECT 1 FROM {schema}.snapshots c
+    WHERE c.base_id = s.snapshot_id AND c.snapshot_id <> ALL($2::text[])
+  )
+
+-- name: retire_snapshots
+UPDATE {schema}.snapshots SET retired = true, pinned = false
+WHERE run_id = $1 AND snapshot_id = ANY($2::text[]) AND NOT retired
 
 -- name: set_pinned
-UPDATE {schema}.snapshots SET pinned = $3 WHERE run_id = $1 AND snapshot_id = $2 RETURNING true
+UPDATE {schema}.snapshots SET pinned = $3
+WHERE run_id = $1 AND snapshot_id = $2 AND NOT retired RETURNING true
 
 -- name: due_runs
 -- Latest snapshot of the run's current version (any kind), as the memory journal.
 SELECT r.run_id FROM {schema}.runs r
 LEFT JOIN LATERAL (
     SELECT sn.through_seq, sn.created_at FROM {schema}.snapshots sn
-    WHERE sn.run_id = r.run_id AND sn.version = r.version
+    WHERE sn.run_id = r.run_id AND sn.version = r.version AND NOT sn.retired
     ORDER BY sn.through_seq DESC, sn.created_at DESC LIMIT 1
 ) latest ON true
 WHERE r.last_seq > coalesce(latest.through_seq, 0)
@@ -91,6 +143,13 @@ ORDER BY r.run_id LIMIT $2
 -- name: sweep_due
 SELECT sweep_at, run_id FROM {schema}.runs
 WHERE sweep_at <= $1 AND (sweep_at, run_id) > ($2, $3)
+ORDER BY sweep_at, run_id LIMIT $4
+
+-- name: sweep_due_slices
+-- The same, for a daemon sharing the database: only the slices it holds.
+SELECT sweep_at, run_id FROM {schema}.runs
+WHERE sweep_at <= $1 AND (sweep_at, run_id) > ($2, $3)
+  AND {schema}.run_slice(run_id) = ANY($5::int[])
 ORDER BY sweep_at, run_id LIMIT $4
 
 -- name: set_due
@@ -117,6 +176,16 @@ SELECT pg_advisory_xact_lock(hashtextextended($1, 0))
 
 -- name: append_audit
 INSERT INTO {schema}.audit (at, kind, fields) VALUES ($1, $2, $3::jsonb) RETURNING cursor
+
+-- name: queue_audit_batch
+INSERT INTO {schema}.audit_pending (at, kind, fields)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[]::jsonb[])
+
+-- name: sequence_audit
+SELECT {schema}.sequence_audit($1)
+
+-- name: prune_audit
+SELECT {schema}.prune_audit($1, $2)
 
 -- name: read_audit
 SELECT cursor, at, kind, fields::text FROM {schema}.audit WHERE cursor > $1

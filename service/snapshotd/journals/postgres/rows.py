@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from hashlib import md5
 from typing import Any
 
 import asyncpg
 import orjson
 
 from snapshotd.domain.errors import Corrupt
-from snapshotd.domain.model import Event, SnapshotMeta
+from snapshotd.domain.model import Event, RunSummary, SnapshotMeta
 
 _DECODE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError)
 
@@ -28,6 +29,21 @@ def meta(row: asyncpg.Record) -> SnapshotMeta:
         pinned=row["pinned"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        base_id=row["base_id"],
+        stored_bytes=row["stored_bytes"],
+        retired=row["retired"],
+        label=row["label"],
+    )
+
+
+def summary(row: asyncpg.Record) -> RunSummary:
+    return RunSummary(
+        row["run_id"],
+        row["workflow"],
+        row["version"],
+        row["last_seq"],
+        row["snapshot_id"],
+        row["through_seq"],
     )
 
 
@@ -52,3 +68,17 @@ def decode_events(run_id: str, bodies: list[bytes], after_seq: int) -> list[Even
                 f"events row (run_id={run_id!r}, seq={after_seq + offset}) does not decode: {exc}"
             ) from None
     raise Corrupt(f"events of run {run_id!r} after seq {after_seq} do not decode as events")
+
+
+def checked_bodies(where: str, run_id: str, after_seq: int, rows: list[Any]) -> list[bytes]:
+    """The bodies of (body, body_md5) rows when every one matches its checksum;
+    Corrupt naming the first that does not (its seq: a run's seqs are contiguous)."""
+    bodies: list[bytes] = [row[0] for row in rows]
+    sums = [md5(body, usedforsecurity=False).digest() for body in bodies]
+    if sums != [row[1] for row in rows]:
+        bad = next(i for i, row in enumerate(rows) if sums[i] != row[1])
+        raise Corrupt(
+            f"events row (run_id={run_id!r}, seq={max(after_seq, 0) + bad + 1}) of "
+            f"{where} does not match its checksum"
+        )
+    return bodies
