@@ -454,8 +454,12 @@ class FsJournal(SharedFiles):
         start = None if after is None else (after.due_at.timestamp(), after.run_id)
         retry = {run_id: at for run_id, (_, at) in self._backoff.items()}
         wanted = None if slices is None else frozenset(slices)
-        found = await self._io(partial(index.due, now.timestamp(), limit, start, retry, wanted))
-        return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
+
+        def find() -> list[DueRun]:
+            found = index.due(now.timestamp(), limit, start, retry, wanted)
+            return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
+
+        return await self._io(find)
 
     async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
         files = await self._files(run_id)

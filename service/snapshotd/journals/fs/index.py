@@ -178,7 +178,7 @@ class DueIndex:
         with self._lock:
             found = [(t, r) for t, r in zip(self._ready, self.ids, strict=True) if t <= now]
         if slices is not None:
-            found = [(t, r) for t, r in found if run_slice(r) in slices]
+            found = [item for item in found if run_slice(item[1]) in slices]
         if retry:
             found = [(max(t, retry.get(r, t)), r) for t, r in found]
             found = [item for item in found if item[0] <= now]
