@@ -17,6 +17,7 @@ alone and prints the figures.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import structlog
 
 from bench.daemon import Daemon, render_config
 from bench.stats import Figure, figure
@@ -146,6 +148,56 @@ def measure(workdir: Path, journal: str, url: str, runs: int, rounds: int) -> Fi
     return figure(f"snapshots/s, one daemon ({label})", "/s", rates)
 
 
+async def _actor_seconds(url: str, runs: list[str], in_flight: int) -> float:
+    """Seconds one in-process actor (``in_flight`` attempts at once) takes for ``runs``."""
+    from snapshotd.config import load_config
+    from snapshotd.runtime.actor import actor_loop
+    from snapshotd.runtime.instance import Instance
+
+    env = {
+        "SNAPSHOTD_INSTANCES__TP__JOURNAL": url,
+        "SNAPSHOTD_INSTANCES__TP__QUEUE_CAPACITY": str(max(10_000, len(runs))),
+        "SNAPSHOTD_WORKFLOWS__TP__REDUCER": "last_by_key",
+        "SNAPSHOTD_WORKFLOWS__TP__SNAPSHOT_THRESHOLD": str(TAIL),
+    }
+    config = load_config(None, env)
+    journal = journal_from_url(url)
+    await journal.open()
+    try:
+        inst = Instance(config.instances["tp"], journal, config.workflows, BUILTIN, {})
+        inst.max_in_flight = in_flight
+        for run_id in runs:
+            inst.request_snapshot(run_id, None)
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(actor_loop, inst)
+            while inst.taken + sum(inst.skipped.values()) < len(runs):
+                await anyio.sleep(0.01)
+            seconds = time.perf_counter() - start
+            inst.stop_intake()
+        inst.telemetry.forget()
+        if sum(inst.skipped.values()):
+            raise RuntimeError(f"attempts skipped: {inst.status()}")
+        return seconds
+    finally:
+        await journal.aclose()
+
+
+def compare_actor(url: str, runs: int, rounds: int) -> str:
+    """Sequential (1 in flight) against overlapped (16) actors, rounds interleaved."""
+    names = [f"ab-{i:06d}" for i in range(runs)]
+    rates: dict[int, list[float]] = {1: [], 16: []}
+    first = True
+    for _ in range(rounds):
+        for in_flight in (1, 16):
+            anyio.run(_prepare, url, names, first)
+            first = False
+            rates[in_flight].append(runs / anyio.run(_actor_seconds, url, names, in_flight))
+    return ", ".join(
+        f"{n} in flight: {'/'.join(f'{r:.0f}' for r in rs)} /s" for n, rs in rates.items()
+    )
+
+
 def bench_throughput(
     workdir: Path, journals: list[str], pg_dsn: str | None, *, runs: int, rounds: int
 ) -> dict[str, Figure]:
@@ -168,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--journal", choices=["fs", "pg"], action="append")
+    parser.add_argument(
+        "--compare-actor",
+        action="store_true",
+        help="in-process: the actor with 1 attempt in flight against 16, interleaved",
+    )
     args = parser.parse_args(argv)
+    if args.compare_actor:
+        return _compare_main(args.journal or ["fs", "pg"], args.runs, args.rounds)
     journals = args.journal or ["fs", "pg"]
     with tempfile.TemporaryDirectory(prefix="snapshotd-tp-") as tmp:
         if "pg" in journals:
@@ -185,6 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     for key, fig in figures.items():
         samples = ", ".join(f"{s:.0f}" for s in fig.samples)
         print(f"{key}: median {fig.median:.0f} {fig.unit} ({samples})")
+    return 0
+
+
+def _compare_main(journals: list[str], runs: int, rounds: int) -> int:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with tempfile.TemporaryDirectory(prefix="snapshotd-tp-") as tmp:
+        for journal in journals:
+            if journal == "fs":
+                print("fs:", compare_actor(f"fs:{tmp}/data", runs, rounds))
+                continue
+            from bench.pg import fresh_database
+
+            with fresh_database("snapshotd_tp") as dsn:
+                url = dsn + "?schema=throughput"
+                print("pg:", compare_actor(url, runs, rounds))
     return 0
 
 

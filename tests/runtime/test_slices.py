@@ -33,6 +33,7 @@ async def pair(pg_dsn: str) -> AsyncIterator[tuple[Instance, Instance]]:
         for inst in (a, b):
             assert inst.slices is not None
             inst.slices.lease_s = LEASE_S
+            inst.slices.running = True  # beats are driven by the tests themselves
         yield a, b
     finally:
         for journal in journals:
@@ -83,7 +84,7 @@ async def test_a_lapsed_heartbeat_serves_nothing_and_forwards_nothing(
     a, b = pair
     assert a.slices is not None and b.slices is not None
     await _beat(a, b, a, b)
-    stale = anyio.current_time() - LEASE_S  # as if a had been paused for a lease
+    stale = anyio.current_time() - 2 * LEASE_S  # as if a had been paused for two leases
     await a.slices.beat(stale)
     assert a.slices.owned and a.slices.owned_count() == 0
     run_id = next(f"r{i}" for i in range(1000) if run_slice(f"r{i}") in a.slices.owned)
@@ -92,3 +93,14 @@ async def test_a_lapsed_heartbeat_serves_nothing_and_forwards_nothing(
     other = next(f"r{i}" for i in range(1000) if run_slice(f"r{i}") in b.slices.owned)
     assert a.request_snapshot(other, None) == "queued"
     assert len(a.mailbox) == 1  # no trusted view of the holders: attempted here
+
+
+async def test_a_keeper_that_is_not_running_restricts_nothing(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, _ = pair
+    assert a.slices is not None
+    a.slices.running = False
+    assert a.slices.owns("any-run") and a.slices.sweep_slices() is None
+    a.notified("any-run")
+    assert len(a.mailbox) == 1

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 import structlog
-from anyio.abc import SocketStream
 
 from snapshotd.api import codec
 from snapshotd.api.limits import Conn, Throttled
@@ -81,7 +80,6 @@ def label(instance: str) -> str:
 
 async def handle_lines(
     daemon: Daemon,
-    stream: SocketStream,
     raw: socket.socket,
     conn: Conn,
     lines: list[bytes],
@@ -133,7 +131,7 @@ async def handle_lines(
                     raise UnknownOp(f"unknown op {op[:100]!r}")
                 check_fields(op, req)
                 if out_bytes > FLUSH_BYTES:
-                    await send_now(stream, raw, b"".join(out), conn)
+                    await send_now(raw, b"".join(out), conn)
                     out.clear()
                     out_bytes = 0
                 result = await handler(daemon, req)

@@ -9,6 +9,7 @@ the event loop's thread: no locks, no awaits.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -21,19 +22,26 @@ LOG_LINES_PER_S = 10
 class Conn:
     """One connection's share of the limits.
 
-    ``deadline`` is when it is closed for want of a complete request (infinity when
-    ``idle_timeout_s`` is 0); ``held`` the bytes of its incomplete line; ``evicted``
-    is set when the buffer limit picked it, and ``waiting`` is the cancel scope of
-    its current wait for the socket, so an eviction wakes it at once.
+    ``deadline`` (a ``time.monotonic`` time) is when it is closed for want of a
+    complete request (infinity when ``idle_timeout_s`` is 0), and ``expired`` is set
+    once it passed; ``held`` is the bytes of its incomplete line; ``evicted`` is set
+    when the buffer limit picked it. Setting either flag also wakes the connection's
+    wait for its socket (``anyio.notify_closing``): no per-wait timer or cancel
+    scope is needed on the hot path.
     """
 
-    __slots__ = ("deadline", "evicted", "held", "waiting")
+    __slots__ = ("deadline", "evicted", "expired", "held", "raw")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, raw: socket.socket, deadline: float) -> None:
+        self.raw = raw
         self.deadline = deadline
+        self.expired = False
         self.held = 0
         self.evicted = False
-        self.waiting: anyio.CancelScope | None = None
+
+    def wake(self) -> None:
+        """Make a wait for this connection's socket end (ClosedResourceError)."""
+        anyio.notify_closing(self.raw)
 
 
 class Connections:
@@ -52,8 +60,8 @@ class Connections:
     def full(self) -> bool:
         return len(self.open) >= self.max_connections
 
-    def add(self) -> Conn:
-        conn = Conn(self.next_deadline())
+    def add(self, raw: socket.socket) -> Conn:
+        conn = Conn(raw, self.next_deadline())
         self.open.add(conn)
         return conn
 
@@ -66,14 +74,31 @@ class Connections:
         """When a connection that just sent a complete request becomes idle."""
         if self.idle_timeout_s is None:
             return float("inf")
-        return anyio.current_time() + self.idle_timeout_s
+        return time.monotonic() + self.idle_timeout_s
+
+    async def expire_idle(self) -> None:
+        """Flag and wake the connections past their deadline, until cancelled.
+
+        One task for all connections, checking a few times per ``idle_timeout_s``
+        (at most every second): a connection is closed at most that much late.
+        """
+        if self.idle_timeout_s is None:
+            return
+        period = min(1.0, self.idle_timeout_s / 4)
+        while True:
+            await anyio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.open):
+                if conn.deadline <= now and not conn.expired:
+                    conn.expired = True
+                    conn.wake()
 
     def hold(self, conn: Conn, held: int) -> None:
         """Record that ``conn`` now holds ``held`` bytes of an incomplete line.
 
         Past the total limit, evicts the connections holding the longest lines
         (``conn`` itself, possibly) until the rest fit: each is marked, its bytes
-        are no longer counted, and its wait for the socket is cancelled.
+        are no longer counted, and its wait for the socket is woken.
         """
         self.buffered += held - conn.held
         conn.held = held
@@ -82,8 +107,7 @@ class Connections:
             victim.evicted = True
             self.buffered -= victim.held
             victim.held = 0
-            if victim.waiting is not None:
-                victim.waiting.cancel()
+            victim.wake()
 
 
 def _held(conn: Conn) -> int:

@@ -147,6 +147,7 @@ class Server:
 
     async def accept_loop(self, listener: SocketListener) -> None:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.connections.expire_idle)
             while True:
                 try:
                     stream = await listener.accept()
@@ -160,7 +161,8 @@ class Server:
                     send_last(stream.extra(SocketAttribute.raw_socket), self._unavailable())
                     await stream.aclose()
                     continue
-                tg.start_soon(self.connection, stream, self.connections.add())
+                raw = stream.extra(SocketAttribute.raw_socket)
+                tg.start_soon(self.connection, stream, self.connections.add(raw))
 
     def _unavailable(self) -> bytes:
         limit = self.config.max_connections
@@ -181,7 +183,7 @@ class Server:
                     self._refused("uid_not_allowed")
                     return
                 try:
-                    await self._read_loop(stream, raw, conn)
+                    await self._read_loop(raw, conn)
                 except Idle:
                     self._refused("idle_timeout")
                 except Evicted:
@@ -199,7 +201,7 @@ class Server:
         finally:
             self.connections.remove(conn)
 
-    async def _read_loop(self, stream: SocketStream, raw: socket.socket, conn: Conn) -> None:
+    async def _read_loop(self, raw: socket.socket, conn: Conn) -> None:
         max_frame = self.config.max_frame_bytes
         daemon = self.daemon
         connections = self.connections
@@ -217,16 +219,17 @@ class Server:
             if b"\n" not in chunk:
                 held += len(chunk)
                 if held > max_frame:
-                    await self._too_large(stream, raw, conn, [])
+                    await self._too_large(raw, conn, [])
                     return
                 parts.append(chunk)
                 connections.hold(conn, held)
-                if idle and anyio.current_time() >= conn.deadline:
+                if conn.expired:
                     raise Idle
                 continue
             started = clock()
             if idle:
                 conn.deadline = connections.next_deadline()
+                conn.expired = False
             if parts:
                 parts.append(chunk)
                 data = b"".join(parts)
@@ -241,26 +244,24 @@ class Server:
             out: list[bytes] = []
             tally = Tally()
             try:
-                if not await handle_lines(daemon, stream, raw, conn, lines, out, max_frame, tally):
-                    await self._too_large(stream, raw, conn, out)
+                if not await handle_lines(daemon, raw, conn, lines, out, max_frame, tally):
+                    await self._too_large(raw, conn, out)
                     return
                 if held > max_frame:
-                    await self._too_large(stream, raw, conn, out)
+                    await self._too_large(raw, conn, out)
                     return
                 if out:
-                    await send_now(stream, raw, b"".join(out), conn)
+                    await send_now(raw, b"".join(out), conn)
             finally:
                 tally.flush(started)
             connections.hold(conn, held)
 
-    async def _too_large(
-        self, stream: SocketStream, raw: socket.socket, conn: Conn, out: list[bytes]
-    ) -> None:
+    async def _too_large(self, raw: socket.socket, conn: Conn, out: list[bytes]) -> None:
         message = f"line longer than socket.max_frame_bytes ({self.config.max_frame_bytes})"
         REJECTED.add(1, {INSTANCE: "-", "code": "too_large"})
         REJECTIONS.warning(code="too_large", instance="-")
         out.append(codec.encode_error(None, "too_large", message))
-        await send_now(stream, raw, b"".join(out), conn)
+        await send_now(raw, b"".join(out), conn)
 
 
 async def serve(

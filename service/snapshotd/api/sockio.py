@@ -1,8 +1,8 @@
 """Reads and writes on a connection's raw socket, bounded by the connection's limits.
 
 The server's hot path: each function tries the socket first and only awaits when
-it must, and only those waits carry the connection's idle deadline (a handler's
-own awaits never do, so a slow journal call is never cut short).
+it must; only those waits end early when the connection expired or was evicted
+(a handler's own awaits never do, so a slow journal call is never cut short).
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import SocketStream
 
 from snapshotd.api.limits import Conn
 
@@ -48,7 +46,7 @@ async def receive(raw: socket.socket, conn: Conn) -> bytes:
         try:
             size = raw.recv_into(_buffer)
         except BlockingIOError:
-            await _bounded(conn, anyio.wait_readable, raw)
+            await _wait(conn, anyio.wait_readable, raw)
             waited = True
             continue
         except OSError as exc:
@@ -63,23 +61,25 @@ async def receive(raw: socket.socket, conn: Conn) -> bytes:
         return data
 
 
-async def send_now(stream: SocketStream, raw: socket.socket, data: bytes, conn: Conn) -> None:
+async def send_now(raw: socket.socket, data: bytes, conn: Conn) -> None:
     """Send ``data``, writing what the socket takes at once, before any yield.
 
     anyio's ``send`` yields to the event loop before it writes, so under load a
     reply would wait for one step of every ready task (an actor's whole attempt);
-    only what the socket cannot take now goes through it, and meanwhile nothing is
-    read from this client (it is not read from until it reads). Safe because this
-    connection's reader is the only task that writes to its socket.
+    here a wait happens only when the socket cannot take more, and meanwhile
+    nothing is read from this client (it is not read from until it reads). Safe
+    because this connection's reader is the only task that writes to its socket.
     """
-    try:
-        sent = raw.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise anyio.BrokenResourceError from exc
-    if sent < len(data):
-        await _bounded(conn, stream.send, data[sent:])
+    view = memoryview(data)
+    while view:
+        try:
+            sent = raw.send(view)
+        except BlockingIOError:
+            await _wait(conn, anyio.wait_writable, raw)
+            continue
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        view = view[sent:]
 
 
 def send_last(raw: socket.socket, data: bytes) -> None:
@@ -88,17 +88,19 @@ def send_last(raw: socket.socket, data: bytes) -> None:
         raw.send(data)
 
 
-async def _bounded(conn: Conn, wait: Callable[[Any], Awaitable[object]], arg: Any) -> None:
-    """Await ``wait(arg)`` (a socket wait) until the connection's deadline or its eviction."""
+async def _wait(
+    conn: Conn, wait: Callable[[socket.socket], Awaitable[None]], raw: socket.socket
+) -> None:
+    """Wait for the socket unless the connection expired or was evicted (or is, meanwhile)."""
     if conn.evicted:
         raise Evicted
-    with anyio.CancelScope(deadline=conn.deadline) as scope:
-        conn.waiting = scope
-        try:
-            await wait(arg)
-        finally:
-            conn.waiting = None
-    if conn.evicted:
-        raise Evicted
-    if scope.cancelled_caught:
+    if conn.expired:
         raise Idle
+    try:
+        await wait(raw)
+    except anyio.ClosedResourceError:
+        if conn.evicted:
+            raise Evicted from None
+        if conn.expired:
+            raise Idle from None
+        raise

@@ -44,6 +44,8 @@ class SliceKeeper:
         self.holders: dict[int, str] = {}
         """Unexpired leases of the last heartbeat, slice -> holder."""
         self.valid_until = -1.0
+        self.running = False
+        """Set by ``run``: a keeper that is not running restricts nothing (one daemon)."""
         self._hints: deque[str] = deque()
         self._capacity = capacity
         self._hint_ready = anyio.Event()
@@ -52,19 +54,29 @@ class SliceKeeper:
         return anyio.current_time() < self.valid_until
 
     def owns(self, run_id: str) -> bool:
-        """True while this daemon holds the run's slice."""
+        """True while this daemon holds the run's slice (always, when not running)."""
+        if not self.running:
+            return True
         return self._valid() and domain.run_slice(run_id) in self.owned
 
     def owned_count(self) -> int:
         return len(self.owned) if self._valid() else 0
 
-    def sweep_slices(self) -> list[int]:
-        """The slices a sweep may look at now (none once the leases are in doubt)."""
+    def sweep_slices(self) -> list[int] | None:
+        """The slices a sweep may look at now: none once the leases are in doubt, and
+        None (every slice) when the keeper is not running."""
+        if not self.running:
+            return None
         return sorted(self.owned) if self._valid() else []
 
     def held_elsewhere(self, run_id: str) -> bool:
-        """True when another live daemon holds the run's slice (as of the last heartbeat)."""
-        if not self._valid():
+        """True when another live daemon holds the run's slice (as of the last heartbeat).
+
+        A view up to one lease past its validity still decides: a late heartbeat (a
+        busy host) must not turn every hint into a local attempt racing the holder's.
+        Forwarding on a stale view only risks a hint, which sweeps make up for.
+        """
+        if anyio.current_time() >= self.valid_until + self.lease_s:
             return False
         holder = self.holders.get(domain.run_slice(run_id))
         return holder is not None and holder != self.member
@@ -82,6 +94,7 @@ class SliceKeeper:
 
         ``on_taken()`` is called after a heartbeat that took slices (sweep them now).
         """
+        self.running = True
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward_loop)

@@ -442,13 +442,24 @@ class FsJournal(SharedFiles):
 
     # sweep schedule (SchedulesSweeps) ----------------------------------------
 
-    async def sweep_due(self, now: datetime, limit: int, after: DueRun | None) -> list[DueRun]:
+    async def sweep_due(
+        self,
+        now: datetime,
+        limit: int,
+        after: DueRun | None,
+        slices: Sequence[int] | None = None,
+    ) -> list[DueRun]:
         """From the index, in a worker thread: no run is read."""
         _, index = self._opened()
         start = None if after is None else (after.due_at.timestamp(), after.run_id)
         retry = {run_id: at for run_id, (_, at) in self._backoff.items()}
-        found = await self._io(partial(index.due, now.timestamp(), limit, start, retry))
-        return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
+        wanted = None if slices is None else frozenset(slices)
+
+        def find() -> list[DueRun]:
+            found = index.due(now.timestamp(), limit, start, retry, wanted)
+            return [DueRun(datetime.fromtimestamp(at, UTC), run_id) for at, run_id in found]
+
+        return await self._io(find)
 
     async def set_due(self, run_id: str, point: DuePoint, *, snapshotted: bool) -> None:
         files = await self._files(run_id)

@@ -19,6 +19,7 @@ object; served events leave the member out.
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Final
 
@@ -28,6 +29,7 @@ from snapshotd.domain.errors import Corrupt
 
 MARK: Final = b',"crc":"'
 _DIGITS = 8
+_HEX = b"0123456789abcdef"
 _TAIL: Final = len(MARK) + _DIGITS + 2
 """Length of ``,"crc":"<8 hex>"}`` at the end of a batch's last line."""
 
@@ -44,6 +46,25 @@ def is_last(raw: bytes) -> bool:
     return raw[-_TAIL : -_TAIL + len(MARK)] == MARK
 
 
+_LAST_LINE_END = re.compile(rb',"crc":"[0-9a-f]{8}"}\n')
+"""How a batch's last line ends. No other line can end so: an event line ends with
+its ``recorded_at`` string, an audit line with its ``fields`` object, and JSON
+holds no raw newline."""
+
+
+def last_lines(data: bytes) -> list[int]:
+    """Indexes of the lines of ``data`` (newline-terminated) that end a batch, found
+    at C speed (no per-line Python work)."""
+    ends: list[int] = []
+    line = pos = 0
+    for match in _LAST_LINE_END.finditer(data):
+        line += data.count(b"\n", pos, match.end() - 1)
+        ends.append(line)
+        line += 1
+        pos = match.end()
+    return ends
+
+
 def unframe(raw: bytes) -> bytes:
     """A batch's last line without its commit member."""
     return raw[:-_TAIL] + b"}"
@@ -54,24 +75,23 @@ def batch_ok(raws: list[bytes], first: int) -> bool:
     numbered from ``first`` exactly as written."""
     blob = b"\n".join(raws)
     digits = blob[-_DIGITS - 2 : -2]
-    if len(digits) != _DIGITS or not digits.isalnum() or not is_last(raws[-1]):
+    if len(digits) != _DIGITS or digits.strip(_HEX) or blob[-2:] != b'"}' or not is_last(raws[-1]):
         return False
-    try:
-        stored = int(digits, 16)
-    except ValueError:
-        return False
-    return zlib.crc32(blob[: -_DIGITS - 2], first & 0xFFFFFFFF) == stored
+    return zlib.crc32(memoryview(blob)[: -_DIGITS - 2], first & 0xFFFFFFFF) == int(digits, 16)
 
 
-def verify(raws: list[bytes], first: int, path: str, key: str) -> list[int]:
-    """Check whole batches ``raws`` numbered (by ``key``) from ``first``; the indexes
-    of their last lines.
+def verify(
+    raws: list[bytes], first: int, path: str, key: str, ends: list[int] | None = None
+) -> list[int]:
+    """Check whole batches ``raws`` numbered (by ``key``) from ``first``, whose last
+    lines are at ``ends`` (found here when not given); returns ``ends``.
 
     Raises Corrupt naming the first line of a batch that does not match its commit
     member (or the line in it that is plainly not its record), or of trailing lines
     that no commit member covers.
     """
-    ends = [index for index, raw in enumerate(raws) if is_last(raw)]
+    if ends is None:
+        ends = [index for index, raw in enumerate(raws) if is_last(raw)]
     start = 0
     for end in ends:
         if not batch_ok(raws[start : end + 1], first + start):

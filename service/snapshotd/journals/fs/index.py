@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 
 import orjson
 
+from snapshotd.domain.slices import run_slice
 from snapshotd.journals.fs.files import Root, write_all
 
 NAME = "due.jsonl"
@@ -164,12 +165,20 @@ class DueIndex:
         return [run_id for _, run_id in heapq.nsmallest(limit, found)]
 
     def due(
-        self, now: float, limit: int, after: tuple[float, str] | None, retry: dict[str, float]
+        self,
+        now: float,
+        limit: int,
+        after: tuple[float, str] | None,
+        retry: dict[str, float],
+        slices: frozenset[int] | None = None,
     ) -> list[tuple[float, str]]:
         """Up to ``limit`` (time, run id) due at ``now`` after ``after``, in that order;
-        ``retry`` holds back-offs (a run is due at the later of ready and retry)."""
+        ``retry`` holds back-offs (a run is due at the later of ready and retry);
+        with ``slices``, only runs of those slices."""
         with self._lock:
             found = [(t, r) for t, r in zip(self._ready, self.ids, strict=True) if t <= now]
+        if slices is not None:
+            found = [item for item in found if run_slice(item[1]) in slices]
         if retry:
             found = [(max(t, retry.get(r, t)), r) for t, r in found]
             found = [item for item in found if item[0] <= now]

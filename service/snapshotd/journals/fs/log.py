@@ -17,7 +17,7 @@ import orjson
 
 from snapshotd.domain.errors import Corrupt
 from snapshotd.journals.fs.files import Root, write_all
-from snapshotd.journals.fs.framing import frame, is_last, unframe, verify
+from snapshotd.journals.fs.framing import frame, is_last, last_lines, unframe, verify
 
 _CHUNK = 1 << 20
 _TAIL_CHUNK = 1 << 16
@@ -171,13 +171,15 @@ class JsonlLog:
             if not chunk:
                 break
             offset += len(chunk)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            batch.extend(lines)
-            cut = next((i for i in range(len(batch) - 1, -1, -1) if is_last(batch[i])), -1)
-            verify(batch[: cut + 1], expected, self.path, self.key)
-            expected += cut + 1
-            del batch[: cut + 1]
+            data = pending + chunk
+            cut = data.rfind(b"\n") + 1
+            pending = data[cut:]
+            ends = [len(batch) + index for index in last_lines(data[:cut])]
+            batch.extend(data[: cut - 1].split(b"\n") if cut else ())
+            done = ends[-1] + 1 if ends else 0
+            verify(batch[:done], expected, self.path, self.key, ends)
+            expected += done
+            del batch[:done]
         if pending or batch or expected != last + 1:
             raise Corrupt(f"{self.path}: line {expected}: missing or truncated")
         self._checked = identity
@@ -251,16 +253,16 @@ class JsonlLog:
             want = min(limit, last - after)
             start = self._locate(fd, after, tip)
             batch_start, back = _batch_start(fd, start)
-            raws = self._collect(fd, batch_start, end, back + want, after - back)
+            raws, ends, stop = self._collect(fd, batch_start, end, back + want, after - back)
         finally:
             os.close(fd)
-        ends = verify(raws, after - back + 1, self.path, self.key)
+        verify(raws, after - back + 1, self.path, self.key, ends)
         served = raws[back : back + want]
         for index in ends:
             if back <= index < back + want:
                 served[index - back] = unframe(raws[index])
-        taken = back + want
-        self._mark(after + want, batch_start + sum(map(len, raws[:taken])) + taken)
+        rest = raws[back + want :]  # the end of the last batch, past the lines wanted
+        self._mark(after + want, stop - sum(map(len, rest)) - len(rest))
         return served, list(map(orjson.loads, served)) if parse else []
 
     def _locate(self, fd: int, after: int, tip: tuple[int, int]) -> int:
@@ -308,30 +310,33 @@ class JsonlLog:
             return offset + pos + 1
         return offset
 
-    def _collect(self, fd: int, offset: int, end: int, want: int, before: int) -> list[bytes]:
+    def _collect(
+        self, fd: int, offset: int, end: int, want: int, before: int
+    ) -> tuple[list[bytes], list[int], int]:
         """At least ``want`` lines from ``offset`` (numbered from ``before + 1``), and
-        the rest of the batch holding the last of them."""
+        the rest of the batch holding the last of them; with the indexes of the
+        batches' last lines and the offset just past them."""
         raws: list[bytes] = []
+        ends: list[int] = []
         pending = b""
         chunk_size = min(_CHUNK, max(_TAIL_CHUNK, want * 256))
-        cut = None
-        scan = want - 1
         while offset < end:
             chunk = os.pread(fd, min(chunk_size, end - offset), offset)
             if not chunk:
                 break
             offset += len(chunk)
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            raws.extend(lines)
-            cut = next((i for i in range(scan, len(raws)) if is_last(raws[i])), None)
-            if cut is not None:
-                break
-            scan = max(scan, len(raws))
-        if cut is None:
-            raise Corrupt(f"{self.path}: line {before + len(raws) + 1}: missing or truncated")
-        del raws[cut + 1 :]
-        return raws
+            data = pending + chunk
+            cut = data.rfind(b"\n") + 1
+            pending = data[cut:]
+            ends.extend(len(raws) + index for index in last_lines(data[:cut]))
+            raws.extend(data[: cut - 1].split(b"\n") if cut else ())
+            if ends and ends[-1] >= want - 1:
+                last = next(index for index in ends if index >= want - 1)
+                dropped = raws[last + 1 :]
+                del raws[last + 1 :]
+                stop = offset - len(pending) - sum(map(len, dropped)) - len(dropped)
+                return raws, [index for index in ends if index <= last], stop
+        raise Corrupt(f"{self.path}: line {before + len(raws) + 1}: missing or truncated")
 
     def _mark(self, number: int, offset: int) -> None:
         """Remember where line ``number+1`` starts (a small FIFO of recent positions)."""
