@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -66,6 +67,13 @@ def _bin(name: str) -> str | None:
     return None
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def _private_cluster(stack: list[str], *, durable: bool = True) -> tuple[str, int] | None:
     """initdb + pg_ctl as the postgres user (PostgreSQL refuses to run as root).
 
@@ -76,7 +84,6 @@ def _private_cluster(stack: list[str], *, durable: bool = True) -> tuple[str, in
     if initdb is None or pg_ctl is None:
         return None
     datadir = tempfile.mkdtemp(prefix="snapshotd-pg-")
-    port = 55432 + secrets.randbelow(1000)
     prefix: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
@@ -87,23 +94,32 @@ def _private_cluster(stack: list[str], *, durable: bool = True) -> tuple[str, in
         capture_output=True,
         timeout=120,
     )
-    subprocess.run(
-        [
-            *prefix,
-            pg_ctl,
-            "-D",
-            datadir,
-            "-w",
-            "-o",
-            f"-p {port} -k {datadir} -h 127.0.0.1" + ("" if durable else " -c fsync=off"),
-            "-l",
-            f"{datadir}/log",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    # A port free a moment ago can be taken by another test's cluster before the
+    # server binds it: try a few.
+    for attempt in range(3):
+        port = _free_port()
+        started = subprocess.run(
+            [
+                *prefix,
+                pg_ctl,
+                "-D",
+                datadir,
+                "-w",
+                "-o",
+                f"-p {port} -k {datadir} -h 127.0.0.1" + ("" if durable else " -c fsync=off"),
+                "-l",
+                f"{datadir}/log",
+                "start",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if started.returncode == 0:
+            break
+        if attempt == 2:
+            log = Path(datadir, "log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"private PostgreSQL cluster did not start: {log}")
     stack.extend([*prefix, pg_ctl, "-D", datadir, "-m", "immediate", "stop"])
     return "127.0.0.1", port
 
