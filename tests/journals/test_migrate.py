@@ -109,6 +109,41 @@ async def test_pending_migrations_apply_in_order_and_open_refuses_until_then(
     await journal.aclose()
 
 
+async def test_open_waits_for_a_migration_under_way(
+    schema_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemons started together on a fresh schema: one migrates it, the others find
+    it half done and must wait for that migration instead of refusing to start."""
+    first = sorted(REPO_MIGRATIONS.glob("*.sql"))[0]
+    shutil.copy(first, tmp_path)
+    monkeypatch.setenv(MIGRATIONS_ENV, str(tmp_path))
+    await migrate(schema_dsn)
+    monkeypatch.delenv(MIGRATIONS_ENV)
+    target = parse_dsn(schema_dsn)
+    holder = await asyncpg.connect(target.dsn)
+    try:
+        key = target.lock_key("migrate")
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+        journal = PostgresJournal(schema_dsn)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.open)
+            await anyio.sleep(0.5)  # open is now waiting for the lock
+            names = [p.stem for p in sorted(REPO_MIGRATIONS.glob("*.sql"))[1:]]
+            for path in sorted(REPO_MIGRATIONS.glob("*.sql"))[1:]:
+                async with holder.transaction():
+                    await holder.execute(f"SET LOCAL search_path TO {target.quoted_schema}")
+                    await holder.execute(path.read_text())
+                    await holder.execute(
+                        f"INSERT INTO {target.quoted_schema}.schema_migrations (name) VALUES ($1)",
+                        path.stem,
+                    )
+            await holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        assert [n for n in await _applied(schema_dsn) if n in names] == names
+        await journal.aclose()
+    finally:
+        await holder.close()
+
+
 async def test_unknown_applied_migration_is_refused(schema_dsn: str) -> None:
     await migrate(schema_dsn)
     target = parse_dsn(schema_dsn)

@@ -91,6 +91,15 @@ class PoolKeeper:
             with self._errors("open"):
                 async with pool.acquire() as conn:
                     applied = await applied_migrations(conn, self._target)
+                    if applied and check_known(applied, known, self._target):
+                        # Another daemon may be migrating this fresh schema right now
+                        # (it holds the lock): wait for it, then look again.
+                        async with conn.transaction():
+                            await conn.execute(
+                                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                self._target.lock_key("migrate"),
+                            )
+                        applied = await applied_migrations(conn, self._target)
             if not applied:
                 await migrate_target(self._target)
             else:
